@@ -1,0 +1,1 @@
+//! netloom drivers.

@@ -1,0 +1,67 @@
+//! The firewall contract: masquerade, isolation and port publishing for a network.
+//!
+//! Shaped after libnetwork's per-network firewaller: the engine hands the firewall a network's
+//! configuration once, then adds and removes endpoints (addresses and published ports) one at a
+//! time. Implementations (nftables, iptables) program each call in one kernel transaction and
+//! keep per-endpoint entries in sets/maps so adding one container never rewrites the others.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::model::{Drift, PortMapping};
+
+/// A network as the firewall needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRules {
+    pub network_id: String,
+    /// The host-side interface traffic enters and leaves by (the bridge).
+    pub interface: String,
+    pub subnets: Vec<IpNetwork>,
+    /// Masquerade traffic leaving for other interfaces (Docker `enable_ip_masquerade`).
+    pub masquerade: bool,
+    /// Allow traffic between endpoints of this network (Docker `enable_icc`).
+    pub icc: bool,
+    /// No traffic to or from outside the network (Docker `--internal`).
+    pub internal: bool,
+    /// Keep this network apart from other netloom networks.
+    pub isolate: bool,
+}
+
+/// One endpoint's firewall entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRules {
+    pub network_id: String,
+    /// Container id (or Docker endpoint id): every entry is tagged with it.
+    pub owner: String,
+    pub addresses: Vec<IpAddr>,
+    pub ports: Vec<PortMapping>,
+}
+
+/// A firewall backend.
+pub trait Firewaller: Send + Sync {
+    /// "nftables" or "iptables".
+    fn backend(&self) -> &'static str;
+
+    /// Installs the network-level rules (idempotent).
+    fn setup_network(&self, net: &NetworkRules) -> Result<()>;
+
+    /// Removes the network-level rules and every endpoint entry of the network (idempotent).
+    fn teardown_network(&self, network_id: &str) -> Result<()>;
+
+    /// Adds an endpoint's entries; fails without changing anything when a host port is already
+    /// published by someone else, naming the holder.
+    fn add_endpoint(&self, net: &NetworkRules, ep: &EndpointRules) -> Result<()>;
+
+    /// Removes an endpoint's entries (idempotent).
+    fn del_endpoint(&self, net: &NetworkRules, ep: &EndpointRules) -> Result<()>;
+
+    /// Restores whatever is missing of what should be there (after `nft flush ruleset`, a
+    /// firewalld reload…). Returns what was missing.
+    fn reapply(&self, nets: &[NetworkRules], eps: &[EndpointRules]) -> Result<Vec<Drift>>;
+
+    /// Reports what is missing without changing anything.
+    fn check(&self, net: &NetworkRules, eps: &[EndpointRules]) -> Result<Vec<Drift>>;
+}

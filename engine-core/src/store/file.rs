@@ -1,0 +1,474 @@
+//! The embedded state store: a directory, safe for many processes at once.
+//!
+//! Layout under the state directory:
+//! - `data/<seg>/<seg>/…/%v` — the value of a key, written to a temporary file, fsynced and
+//!   renamed into place, so a reader or a crash sees the old value or the new one, never half.
+//!   `%v` cannot be an escaped segment (escapes are `%` + two hex digits), so a key can hold a
+//!   value and have children at the same time.
+//! - `locks/stripe-NN` — flock'd for the few microseconds of one compare-and-swap; keys hash onto
+//!   64 stripes so unrelated writers do not wait for each other.
+//! - `locks/scope-<name>` — the named locks handed out by [`StateStore::lock`].
+//!
+//! Versions are `max(previous + 1, now in ns)`: a key that is deleted and created again never
+//! gets a version it had before, so a stale compare-and-swap cannot succeed (no ABA).
+//! flock locks are dropped by the kernel when their holder dies, so kill -9 never wedges the store.
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{Expect, Key, LockGuard, PutOutcome, StateStore, Versioned};
+use crate::error::{Error, Result};
+
+const VALUE_FILE: &str = "%v";
+const MAGIC: &[u8] = b"netloom-v1 ";
+const STRIPES: u64 = 64;
+
+/// The embedded store rooted at a directory (by default /var/lib/netloom).
+#[derive(Debug)]
+pub struct FileStore {
+    root: PathBuf,
+    data: PathBuf,
+    locks: PathBuf,
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store at `root`. The directory is made mode 0700: the
+    /// store describes the host's network and is root's business only.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let data = root.join("data");
+        let locks = root.join("locks");
+        for d in [&root, &data, &locks] {
+            create_private_dir(d)?;
+        }
+        Ok(FileStore { root, data, locks })
+    }
+
+    /// Opens the store at `NETLOOM_STATE_DIR` or /var/lib/netloom.
+    pub fn open_default() -> Result<Self> {
+        Self::open(super::default_state_dir())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir_of(&self, key: &Key) -> PathBuf {
+        let mut p = self.data.clone();
+        if !key.as_str().is_empty() {
+            p.push(key.as_str());
+        }
+        p
+    }
+
+    fn stripe_lock(&self, key: &Key) -> Result<FileLock> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.as_str().hash(&mut h);
+        let path = self.locks.join(format!("stripe-{:02}", h.finish() % STRIPES));
+        FileLock::acquire(&path, None, "")?.ok_or_else(|| Error::Internal("stripe lock not taken".into()))
+    }
+
+    fn read_at(&self, dir: &Path) -> Result<Option<Versioned>> {
+        let path = dir.join(VALUE_FILE);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        };
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        decode(&buf)
+            .map(Some)
+            .ok_or_else(|| Error::Internal(format!("state file {} is corrupt", path.display())))
+    }
+
+    fn write_at(&self, dir: &Path, version: u64, value: &[u8]) -> Result<()> {
+        // A concurrent delete may remove empty parent directories between our mkdir and our
+        // create: retry a few times rather than fail a healthy write.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.try_write_at(dir, version, value) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => continue,
+                Err(e) => return Err(Error::io(format!("write {}", dir.display()), e)),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    fn try_write_at(&self, dir: &Path, version: u64, value: &[u8]) -> io::Result<()> {
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), next_tmp_id()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut buf = Vec::with_capacity(MAGIC.len() + 21 + value.len());
+            buf.extend_from_slice(MAGIC);
+            buf.extend_from_slice(version.to_string().as_bytes());
+            buf.push(b'\n');
+            buf.extend_from_slice(value);
+            f.write_all(&buf)?;
+            // Data before rename: after a power cut the key holds the old or the new value,
+            // never an empty file.
+            f.sync_data()?;
+            fs::rename(&tmp, dir.join(VALUE_FILE))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn remove_empty_parents(&self, mut dir: PathBuf) {
+        while dir != self.data && dir.starts_with(&self.data) {
+            if fs::remove_dir(&dir).is_err() {
+                break;
+            }
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
+
+    fn walk(&self, dir: &Path, key: &Key, out: &mut Vec<(Key, Versioned)>) -> Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(()),
+            Err(e) => return Err(Error::io(format!("list {}", dir.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name == VALUE_FILE {
+                // Read through read_at: the file may be replaced or removed while we list.
+                if let Some(v) = self.read_at(dir)? {
+                    out.push((key.clone(), v));
+                }
+            } else if let Some(child) = Key::from_escaped(name) {
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    let child_key = if key.as_str().is_empty() {
+                        child
+                    } else {
+                        Key::from_escaped(&format!("{}/{}", key.as_str(), child.as_str()))
+                            .ok_or_else(|| Error::Internal(format!("bad key below {key}")))?
+                    };
+                    self.walk(&entry.path(), &child_key, out)?;
+                }
+            } else if name.starts_with(".tmp-") {
+                remove_stale_tmp(&entry.path(), name);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateStore for FileStore {
+    fn get(&self, key: &Key) -> Result<Option<Versioned>> {
+        self.read_at(&self.dir_of(key))
+    }
+
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<PutOutcome> {
+        if key.as_str().is_empty() {
+            return Err(Error::InvalidConfig("the empty key cannot hold a value".into()));
+        }
+        let dir = self.dir_of(key);
+        let _stripe = self.stripe_lock(key)?;
+        let current = self.read_at(&dir)?.map(|v| v.version);
+        if !matches_expectation(current, expect) {
+            return Ok(PutOutcome::Mismatch(current));
+        }
+        let version = next_version(current);
+        self.write_at(&dir, version, value)?;
+        Ok(PutOutcome::Written(version))
+    }
+
+    fn delete(&self, key: &Key, expect: Expect) -> Result<PutOutcome> {
+        let dir = self.dir_of(key);
+        let _stripe = self.stripe_lock(key)?;
+        let current = self.read_at(&dir)?.map(|v| v.version);
+        if !matches_expectation(current, expect) {
+            return Ok(PutOutcome::Mismatch(current));
+        }
+        match fs::remove_file(dir.join(VALUE_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("delete {key}"), e)),
+        }
+        self.remove_empty_parents(dir);
+        Ok(PutOutcome::Written(current.unwrap_or(0)))
+    }
+
+    fn list(&self, prefix: &Key) -> Result<Vec<(Key, Versioned)>> {
+        let mut out = Vec::new();
+        self.walk(&self.dir_of(prefix), prefix, &mut out)?;
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn lock(&self, scope: &str, timeout: Duration) -> Result<Box<dyn LockGuard>> {
+        let path = self.locks.join(format!("scope-{}", Key::new([scope]).as_str()));
+        match FileLock::acquire(&path, Some(timeout), scope)? {
+            Some(l) => Ok(Box::new(l)),
+            None => Err(Error::Busy(format!(
+                "lock {scope:?} is held by another netloom operation (waited {} ms); try again",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn try_lock(&self, scope: &str) -> Result<Option<Box<dyn LockGuard>>> {
+        let path = self.locks.join(format!("scope-{}", Key::new([scope]).as_str()));
+        Ok(FileLock::acquire(&path, Some(Duration::ZERO), scope)?.map(|l| Box::new(l) as Box<dyn LockGuard>))
+    }
+
+    fn describe(&self) -> String {
+        format!("file:{}", self.root.display())
+    }
+}
+
+fn matches_expectation(current: Option<u64>, expect: Expect) -> bool {
+    match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Version(v) => current == Some(v),
+    }
+}
+
+fn next_version(current: Option<u64>) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    now.max(current.unwrap_or(0) + 1)
+}
+
+fn next_tmp_id() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn decode(buf: &[u8]) -> Option<Versioned> {
+    let rest = buf.strip_prefix(MAGIC)?;
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let version = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
+    Some(Versioned { version, value: rest[nl + 1..].to_vec() })
+}
+
+/// A temporary file left by a writer that died before its rename: removed once its writer is
+/// gone (the pid is in its name).
+fn remove_stale_tmp(path: &Path, name: &str) {
+    let pid: Option<i32> = name.strip_prefix(".tmp-").and_then(|r| r.split('-').next()).and_then(|p| p.parse().ok());
+    if let Some(pid) = pid {
+        if pid != std::process::id() as i32 && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+fn create_private_dir(d: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().recursive(true).mode(0o700).create(d) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::io(format!("create state directory {}", d.display()), e)),
+    }
+}
+
+/// An flock on a lock file, released on drop (and by the kernel if the process dies).
+#[derive(Debug)]
+struct FileLock {
+    file: File,
+    scope: String,
+}
+
+impl FileLock {
+    /// `timeout` None waits forever (stripe locks are held for microseconds); `Some(ZERO)` tries
+    /// once. Returns None on timeout.
+    fn acquire(path: &Path, timeout: Option<Duration>, scope: &str) -> Result<Option<FileLock>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::io(format!("open lock {}", path.display()), e))?;
+        let fd = file.as_raw_fd();
+        let Some(timeout) = timeout else {
+            loop {
+                // SAFETY: fd is a valid open descriptor owned by `file`.
+                let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
+                if rc == 0 {
+                    return Ok(Some(FileLock { file, scope: scope.to_string() }));
+                }
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(Error::io(format!("lock {}", path.display()), err));
+                }
+            }
+        };
+        // Poll with a growing back-off: flock has no timed wait, and blocking in a signal-interrupted
+        // flock would need a timer signal in every process that links us.
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            // SAFETY: as above.
+            let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(Some(FileLock { file, scope: scope.to_string() }));
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != io::ErrorKind::Interrupted {
+                return Err(Error::io(format!("lock {}", path.display()), err));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+}
+
+impl LockGuard for FileLock {
+    fn scope(&self) -> &str {
+        &self.scope
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Closing the fd releases the flock; unlock explicitly anyway so a dup'ed fd held by a
+        // child process cannot keep it.
+        // SAFETY: the fd is still open here.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StateStoreExt;
+
+    fn tmp_store() -> (FileStore, TempDir) {
+        let d = TempDir::new();
+        (FileStore::open(d.0.clone()).expect("open"), d)
+    }
+
+    pub(crate) struct TempDir(PathBuf);
+    impl TempDir {
+        fn new() -> Self {
+            let p = std::env::temp_dir().join(format!("netloom-store-test-{}-{}", std::process::id(), next_tmp_id()));
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn cas_create_update_delete() {
+        let (s, _d) = tmp_store();
+        let k = Key::new(["networks", "web"]);
+        assert_eq!(s.get(&k).unwrap(), None);
+        let PutOutcome::Written(v1) = s.put(&k, b"one", Expect::Absent).unwrap() else { panic!() };
+        assert_eq!(s.put(&k, b"two", Expect::Absent).unwrap(), PutOutcome::Mismatch(Some(v1)));
+        assert_eq!(s.put(&k, b"two", Expect::Version(v1 + 999)).unwrap(), PutOutcome::Mismatch(Some(v1)));
+        let PutOutcome::Written(v2) = s.put(&k, b"two", Expect::Version(v1)).unwrap() else { panic!() };
+        assert!(v2 > v1);
+        assert_eq!(s.get(&k).unwrap().unwrap().value, b"two");
+        assert_eq!(s.delete(&k, Expect::Version(v1)).unwrap(), PutOutcome::Mismatch(Some(v2)));
+        assert!(s.delete(&k, Expect::Version(v2)).unwrap().is_written());
+        assert_eq!(s.get(&k).unwrap(), None);
+        // Deleting again is fine, and a re-created key never reuses an old version.
+        assert!(s.delete(&k, Expect::Any).unwrap().is_written());
+        let PutOutcome::Written(v3) = s.put(&k, b"three", Expect::Absent).unwrap() else { panic!() };
+        assert!(v3 > v2);
+    }
+
+    #[test]
+    fn value_and_children_coexist_and_list_by_prefix() {
+        let (s, _d) = tmp_store();
+        s.put_json(&Key::new(["networks", "web"]), &1u32, Expect::Any).unwrap();
+        s.put_json(&Key::new(["networks", "web", "endpoints", "a"]), &2u32, Expect::Any).unwrap();
+        s.put_json(&Key::new(["networks", "web2"]), &3u32, Expect::Any).unwrap();
+        s.put_json(&Key::new(["ipam", "10.0.0.0/24"]), &4u32, Expect::Any).unwrap();
+        let all: Vec<(Key, u64, u32)> = s.list_json(&Key::new(["networks"])).unwrap();
+        let names: Vec<String> = all.iter().map(|(k, _, _)| k.to_string()).collect();
+        assert_eq!(names, vec!["networks/web", "networks/web/endpoints/a", "networks/web2"]);
+        let web: Vec<(Key, u64, u32)> = s.list_json(&Key::new(["networks", "web"])).unwrap();
+        assert_eq!(web.len(), 2);
+        let ipam: Vec<(Key, u64, u32)> = s.list_json(&Key::new(["ipam"])).unwrap();
+        assert_eq!(ipam[0].0.last().as_deref(), Some("10.0.0.0/24"));
+        // Deleting a child leaves the parent's value alone.
+        s.delete(&Key::new(["networks", "web", "endpoints", "a"]), Expect::Any).unwrap();
+        assert!(s.get(&Key::new(["networks", "web"])).unwrap().is_some());
+    }
+
+    #[test]
+    fn named_lock_times_out_while_held() {
+        let (s, _d) = tmp_store();
+        let g = s.lock("network/web", Duration::from_millis(100)).unwrap();
+        assert_eq!(g.scope(), "network/web");
+        let t = Instant::now();
+        let err = match s.lock("network/web", Duration::from_millis(50)) {
+            Err(e) => e,
+            Ok(_) => panic!("second lock must not be granted"),
+        };
+        assert_eq!(err.kind(), crate::ErrorKind::Busy);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert!(s.try_lock("network/web").unwrap().is_none());
+        assert!(s.try_lock("network/other").unwrap().is_some());
+        drop(g);
+        assert!(s.try_lock("network/web").unwrap().is_some());
+    }
+
+    #[test]
+    fn threads_racing_on_cas_lose_no_increment() {
+        let (s, _d) = tmp_store();
+        let s = std::sync::Arc::new(s);
+        let k = Key::new(["counter"]);
+        s.put_json(&k, &0u64, Expect::Absent).unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                let k = k.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        loop {
+                            let (v, n): (u64, u64) = s.get_json(&k).unwrap().unwrap();
+                            if s.put_json(&k, &(n + 1), Expect::Version(v)).unwrap().is_written() {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let (_, n): (u64, u64) = s.get_json(&k).unwrap().unwrap();
+        assert_eq!(n, 200);
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_not_ignored() {
+        let (s, d) = tmp_store();
+        let k = Key::new(["x"]);
+        s.put(&k, b"ok", Expect::Any).unwrap();
+        fs::write(d.0.join("data/x/%v"), b"garbage").unwrap();
+        let err = s.get(&k).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Internal);
+        assert!(err.to_string().contains("corrupt"));
+    }
+}

@@ -1,0 +1,121 @@
+//! The state store contract and the embedded default.
+//!
+//! The contract is key/value with per-key versions (compare-and-swap), prefix listing and named
+//! locks with timeouts: the shape etcd offers, so an etcd store can implement it as is. Nothing
+//! here knows about files; [`file::FileStore`] is the embedded implementation.
+
+pub mod file;
+mod key;
+
+use std::time::Duration;
+
+pub use key::Key;
+
+use crate::error::Result;
+
+/// A stored value and the version it was read at. Versions start at 1 and grow with every write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// What a write expects to find, checked atomically with the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Write whatever is there.
+    Any,
+    /// The key must not exist (create).
+    Absent,
+    /// The key must exist at exactly this version.
+    Version(u64),
+}
+
+/// The result of a write: the new version, or the version found when the expectation failed
+/// (`None` when the key was absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Written(u64),
+    Mismatch(Option<u64>),
+}
+
+impl PutOutcome {
+    pub fn is_written(&self) -> bool {
+        matches!(self, PutOutcome::Written(_))
+    }
+}
+
+/// A held lock; dropping it releases it. Locks are released by the kernel too when the holder
+/// dies, so a crashed process never leaves a lock behind.
+pub trait LockGuard: Send {
+    /// The scope this lock was taken on.
+    fn scope(&self) -> &str;
+}
+
+/// netloom's state: networks, endpoints, IPAM leases, firewall records and undo journals.
+///
+/// Implementations must be safe across processes: the CNI binaries run in parallel beside
+/// netloomd with no coordinator.
+pub trait StateStore: Send + Sync {
+    fn get(&self, key: &Key) -> Result<Option<Versioned>>;
+
+    /// Writes `value` at `key` if `expect` holds.
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<PutOutcome>;
+
+    /// Deletes `key` if `expect` holds; deleting an absent key with `Expect::Any` is a success.
+    fn delete(&self, key: &Key, expect: Expect) -> Result<PutOutcome>;
+
+    /// Every key below `prefix` (at any depth), sorted, with its value.
+    fn list(&self, prefix: &Key) -> Result<Vec<(Key, Versioned)>>;
+
+    /// Takes the named lock, waiting at most `timeout`; a timeout is an `ErrorKind::Busy` error.
+    fn lock(&self, scope: &str, timeout: Duration) -> Result<Box<dyn LockGuard>>;
+
+    /// Takes the named lock only if nobody holds it.
+    fn try_lock(&self, scope: &str) -> Result<Option<Box<dyn LockGuard>>>;
+
+    /// A short description for logs and `netlab doctor` ("file:/var/lib/netloom").
+    fn describe(&self) -> String;
+}
+
+/// JSON helpers over the byte-level contract.
+pub trait StateStoreExt: StateStore {
+    fn get_json<T: serde::de::DeserializeOwned>(&self, key: &Key) -> Result<Option<(u64, T)>> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(v) => {
+                let t = serde_json::from_slice(&v.value).map_err(|e| {
+                    crate::Error::json(format!("state entry {key} is not valid"), e)
+                })?;
+                Ok(Some((v.version, t)))
+            }
+        }
+    }
+
+    fn put_json<T: serde::Serialize>(&self, key: &Key, value: &T, expect: Expect) -> Result<PutOutcome> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| crate::Error::json(format!("encode state entry {key}"), e))?;
+        self.put(key, &bytes, expect)
+    }
+
+    fn list_json<T: serde::de::DeserializeOwned>(&self, prefix: &Key) -> Result<Vec<(Key, u64, T)>> {
+        self.list(prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let t = serde_json::from_slice(&v.value)
+                    .map_err(|e| crate::Error::json(format!("state entry {k} is not valid"), e))?;
+                Ok((k, v.version, t))
+            })
+            .collect()
+    }
+}
+
+impl<S: StateStore + ?Sized> StateStoreExt for S {}
+
+/// The default state directory, overridable with `NETLOOM_STATE_DIR`.
+pub fn default_state_dir() -> std::path::PathBuf {
+    std::env::var_os("NETLOOM_STATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+        .unwrap_or_else(|| "/var/lib/netloom".into())
+}

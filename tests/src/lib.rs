@@ -1,0 +1,1 @@
+//! netloom test harness.
