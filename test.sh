@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs netloom's whole test suite on a fresh Debian 12 machine, as root: installs what the tests
+# need with apt-get, then formatting, lints, unit tests, root tests and integration tests.
+# Missing capabilities fail the run (NETLOOM_TEST_STRICT=1) instead of being skipped.
+#
+#   ./test.sh                 everything
+#   ./test.sh -- FILTER       only tests whose name contains FILTER (cargo test's filter)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+log() { printf '\n== %s ==\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "test.sh: run as root (the tests create network namespaces, links and firewall rules)" >&2
+    exit 1
+fi
+
+# Debian packages the tests use. iproute2/nftables/iptables are independent tools the tests
+# check the product against (the product itself never execs them).
+PKGS=(iproute2 nftables iptables procps kmod ca-certificates pkg-config)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    # Debian 12's own cargo is older than the crates need: the machine image provides a
+    # rustup toolchain; say so plainly if it is missing.
+    echo "test.sh: cargo not found; install a Rust toolchain >= 1.85 (rustup) first" >&2
+    exit 1
+fi
+
+export NETLOOM_TEST_STRICT=1
+export CARGO_TERM_COLOR=never
+filter=()
+if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
+
+log "cargo fmt --check"
+cargo fmt --all --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --features engine-core/root-tests -- -D warnings
+
+log "cargo test (unit, root and integration tests)"
+cargo test --workspace --features engine-core/root-tests -- "${filter[@]}"
