@@ -304,14 +304,37 @@ mod kernel_undo {
 
     use ipnetwork::IpNetwork;
 
-    use crate::error::Result;
+    use crate::error::{ErrorKind, Result};
+    use crate::netlink::Netlink;
+    use crate::netns::Netns;
 
-    pub fn delete_link(_netns: Option<&Path>, _name: &str) -> Result<()> {
-        Err(crate::Error::Unsupported("kernel undo not wired yet".into()))
+    /// A netlink client in `netns` (None = ours), or None when the namespace is gone — and with
+    /// it everything that was in it, so there is nothing left to undo.
+    fn client(netns: Option<&Path>) -> Result<Option<Netlink>> {
+        match netns {
+            None => Netlink::connect().map(Some),
+            Some(p) => match Netns::open(p) {
+                Ok(ns) => Netlink::in_netns(&ns).map(Some),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
     }
 
-    pub fn delete_address(_netns: Option<&Path>, _link: &str, _address: IpNetwork) -> Result<()> {
-        Err(crate::Error::Unsupported("kernel undo not wired yet".into()))
+    pub fn delete_link(netns: Option<&Path>, name: &str) -> Result<()> {
+        if let Some(nl) = client(netns)? {
+            nl.delete_link_if_exists(name)?;
+        }
+        Ok(())
+    }
+
+    pub fn delete_address(netns: Option<&Path>, link: &str, address: IpNetwork) -> Result<()> {
+        if let Some(nl) = client(netns)? {
+            if nl.link_by_name(link)?.is_some() {
+                nl.del_address(link, address)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`journal`]: the undo journal that makes multi-step operations crash-safe.
 
 pub mod driver;
+pub mod engine;
 pub mod error;
 pub mod firewall;
 pub mod ipam;

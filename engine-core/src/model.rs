@@ -83,6 +83,11 @@ pub fn validate_network_name(name: &str) -> Result<()> {
     })
 }
 
+/// Whether two subnets share any address (families differ ⇒ no).
+pub fn subnets_overlap(a: IpNetwork, b: IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+}
+
 /// One subnet of a network and where its addresses come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetConfig {
