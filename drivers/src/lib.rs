@@ -1,1 +1,22 @@
-//! netloom drivers.
+//! netloom's network drivers. Each implements [`engine_core::driver::Driver`] and knows nothing
+//! of the front doors: options arrive normalised (see each driver's `options` module), addresses
+//! arrive leased.
+
+pub mod bridge;
+pub mod naming;
+
+use std::sync::Arc;
+
+use engine_core::engine::DriverRegistry;
+
+/// Registers every driver this build has.
+pub fn register_all(registry: &mut DriverRegistry) {
+    registry.register(Arc::new(bridge::BridgeDriver));
+}
+
+/// A registry with every driver.
+pub fn registry() -> DriverRegistry {
+    let mut r = DriverRegistry::default();
+    register_all(&mut r);
+    r
+}

@@ -6,30 +6,66 @@
 //! first ([`Op::record`]), so a failure or a crash undoes it.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::journal::{Txn, UndoStep};
+use crate::netlink::Netlink;
+use crate::netns::Netns;
+use crate::store::StateStore;
 use crate::model::{AttachmentKey, Drift, Endpoint, EndpointSpec, Network, NetworkSpec, Options, RouteSpec, Sandbox};
 
-/// One multi-step operation: its undo journal plus where "the host" is.
+/// One multi-step operation: its undo journal, the store, and where "the host" is.
 pub struct Op {
     txn: Txn,
+    store: Arc<dyn StateStore>,
     /// The namespace netloom treats as the host (None = the caller's own). Tests point this at a
     /// fake-host namespace; production leaves it None.
-    pub host_netns: Option<PathBuf>,
+    host_netns: Option<PathBuf>,
+    host_netlink: Option<Arc<Netlink>>,
 }
 
 impl Op {
-    pub fn new(txn: Txn, host_netns: Option<PathBuf>) -> Self {
-        Op { txn, host_netns }
+    pub fn new(txn: Txn, store: Arc<dyn StateStore>, host_netns: Option<PathBuf>) -> Self {
+        Op { txn, store, host_netns, host_netlink: None }
     }
 
     /// Records how to undo the step the driver is about to take.
     pub fn record(&mut self, step: UndoStep) -> Result<()> {
         self.txn.record(step)
+    }
+
+    /// The state store, for drivers that keep state of their own.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    pub fn host_netns(&self) -> Option<&Path> {
+        self.host_netns.as_deref()
+    }
+
+    /// A netlink client in the host namespace, opened once per operation.
+    pub fn host(&mut self) -> Result<Arc<Netlink>> {
+        if let Some(nl) = &self.host_netlink {
+            return Ok(nl.clone());
+        }
+        let nl = Arc::new(match &self.host_netns {
+            None => Netlink::connect()?,
+            Some(p) => Netlink::in_netns(&Netns::open(p)?)?,
+        });
+        self.host_netlink = Some(nl.clone());
+        Ok(nl)
+    }
+
+    /// Sets a `net.*` sysctl in the host namespace.
+    pub fn host_sysctl(&self, key: &str, value: &str) -> Result<bool> {
+        match &self.host_netns {
+            None => crate::netlink::sysctl_set(key, value),
+            Some(p) => crate::netlink::sysctl_set_in(&Netns::open(p)?, key, value),
+        }
     }
 
     pub fn commit(self) -> Result<()> {
@@ -64,6 +100,17 @@ pub struct Handoff {
     /// The host-side end that stays (veth), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_end: Option<String>,
+    /// Host interfaces worth reporting (CNI lists the bridge and the host veth in its result).
+    #[serde(default)]
+    pub host_interfaces: Vec<HostInterface>,
+}
+
+/// An interface in the host namespace, by name and MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInterface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// What a sandbox needs after `join`: gateways and routes (Docker's Join answer, CNI's routes).

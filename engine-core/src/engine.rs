@@ -68,6 +68,8 @@ pub struct AttachRequest {
     pub static_addresses: Vec<IpAddr>,
     pub mac: Option<String>,
     pub ports: Vec<PortMapping>,
+    /// Routes to add in the sandbox beside the driver's (CNI IPAM `routes`).
+    pub extra_routes: Vec<crate::model::RouteSpec>,
     pub options: crate::model::Options,
 }
 
@@ -95,7 +97,8 @@ pub struct SandboxInterface<'a> {
 pub trait SandboxConfigurator: Send + Sync {
     /// Moves `iface.handoff.link` into the sandbox as `iface.ifname` with its addresses, the
     /// routes of `iface.join` and the link up; records undo steps in `op` before each change.
-    fn configure(&self, op: &mut Op, sandbox: &Sandbox, iface: &SandboxInterface<'_>) -> Result<()>;
+    /// Returns the interface's MAC address as it ended up in the sandbox.
+    fn configure(&self, op: &mut Op, sandbox: &Sandbox, iface: &SandboxInterface<'_>) -> Result<String>;
 
     /// Removes `ifname` from the sandbox if it is still there (idempotent; a missing namespace
     /// is fine).
@@ -168,7 +171,7 @@ impl Engine {
             tracing::warn!(journal = %r.id, error = %e, "crashed operation could not be fully undone");
         }
         let txn = Txn::begin(self.store.clone(), undoer, scope, what)?;
-        Ok(Op::new(txn, self.host_netns.clone()))
+        Ok(Op::new(txn, self.store.clone(), self.host_netns.clone()))
     }
 
     /// Undoes every operation whose process died (daemon start).
@@ -356,7 +359,8 @@ impl Engine {
         };
         let join = match &sandbox {
             Some(sb) => {
-                let join = driver.join(&mut op, &net, &endpoint, sb)?;
+                let mut join = driver.join(&mut op, &net, &endpoint, sb)?;
+                join.routes.extend(req.extra_routes.iter().cloned());
                 let iface = SandboxInterface {
                     ifname: &req.key.ifname,
                     handoff: &handoff,
@@ -364,7 +368,8 @@ impl Engine {
                     join: &join,
                     mtu: net.mtu,
                 };
-                self.sandboxes.configure(&mut op, sb, &iface)?;
+                let mac = self.sandboxes.configure(&mut op, sb, &iface)?;
+                endpoint.mac = Some(mac);
                 join
             }
             None => JoinInfo::default(),

