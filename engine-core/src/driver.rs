@@ -153,8 +153,9 @@ pub trait Driver: Send + Sync {
 
     fn leave(&self, op: &mut Op, net: &Network, ep: &Endpoint) -> Result<()>;
 
-    /// Compares the kernel with what the endpoint should be; an empty list means all is well.
-    fn check(&self, net: &Network, ep: &Endpoint) -> Result<Vec<Drift>>;
+    /// Compares the kernel (seen through `host`, a client in the host namespace) with what the
+    /// endpoint should be; an empty list means all is well.
+    fn check(&self, host: &Netlink, net: &Network, ep: &Endpoint) -> Result<Vec<Drift>>;
 
     /// Removes what belongs to attachments not in `live`; continues past errors and returns them.
     fn gc(&self, op: &mut Op, net: &Network, live: &[AttachmentKey]) -> Result<Vec<crate::Error>>;

@@ -463,7 +463,11 @@ impl Engine {
             .get_endpoint(network_id, key)?
             .ok_or_else(|| Error::NotFound(format!("container {} has no interface {} on network {}", key.container_id, key.ifname, net.name)))?;
         let driver = self.drivers.get(&net.driver)?;
-        let mut drift = driver.check(&net, &ep)?;
+        let host = match &self.host_netns {
+            None => crate::netlink::Netlink::connect()?,
+            Some(p) => crate::netlink::Netlink::in_netns(&crate::netns::Netns::open(p)?)?,
+        };
+        let mut drift = driver.check(&host, &net, &ep)?;
         if let (Some(fw), Some(rules)) = (&self.firewall, network_rules(&net)) {
             drift.extend(fw.check(&rules, &[endpoint_rules(&net, &ep)])?);
         }

@@ -235,13 +235,9 @@ impl Driver for BridgeDriver {
         Ok(())
     }
 
-    fn check(&self, net: &Network, ep: &Endpoint) -> Result<Vec<Drift>> {
+    fn check(&self, host: &Netlink, net: &Network, ep: &Endpoint) -> Result<Vec<Drift>> {
         let o = BridgeOptions::from_network(&net.options)?;
-        let nl = match ep.sandbox.as_ref() {
-            // The engine's host namespace is where the endpoint was made; a check runs there.
-            _ => Netlink::connect()?,
-        };
-        check_endpoint(&nl, net, &o, ep)
+        check_endpoint(host, net, &o, ep)
     }
 
     fn gc(&self, op: &mut Op, net: &Network, live: &[AttachmentKey]) -> Result<Vec<Error>> {
