@@ -23,8 +23,9 @@
 //! | 104  | something asked about does not exist | [`ErrorKind::NotFound`] |
 //! | 199  | internal error (a bug) | [`ErrorKind::Internal`] |
 //!
-//! `msg` is the outermost message; `details` is the rest of the cause chain joined with ": ",
-//! and is left out of the JSON when empty (the reference plugins do the same).
+//! `msg` is the whole message with its context ("network web: pool … has no free address");
+//! `details` is the innermost cause alone, left out of the JSON when there is no context (the
+//! reference plugins do the same).
 
 use std::fmt;
 
@@ -197,9 +198,12 @@ pub fn code_for_kind(kind: ErrorKind) -> u32 {
 
 impl From<&engine_core::Error> for CniError {
     fn from(err: &engine_core::Error) -> Self {
-        let mut chain = err.chain().into_iter();
-        let msg = chain.next().unwrap_or_default();
-        let details = chain.collect::<Vec<_>>().join(": ");
+        // The whole chain reads as one sentence ("network web: pool 10.1.0.0/26 has no free
+        // address"); runtimes often show only `msg`, so the cause must be in it. `details`
+        // repeats the innermost cause on its own for tools that want just that.
+        let chain = err.chain();
+        let msg = err.to_string();
+        let details = if chain.len() > 1 { chain.last().cloned().unwrap_or_default() } else { String::new() };
         CniError {
             code: code_for_kind(err.kind()),
             msg,
@@ -277,7 +281,7 @@ mod tests {
         assert_eq!(e.code, 5);
         assert_eq!(
             e.to_json("1.1.0"),
-            r#"{"cniVersion":"1.1.0","code":5,"msg":"network web","details":"lease for c1/eth0: write lease 10.1.0.5: permission denied"}"#
+            r#"{"cniVersion":"1.1.0","code":5,"msg":"network web: lease for c1/eth0: write lease 10.1.0.5: permission denied","details":"permission denied"}"#
         );
         let netlink = Error::Netlink {
             context: "create veth".into(),
@@ -285,8 +289,8 @@ mod tests {
             message: "File exists".into(),
         };
         let e = CniError::from(netlink.context("endpoint abc"));
-        assert_eq!((e.code, e.msg.as_str()), (102, "endpoint abc"));
-        assert_eq!(e.details, "create veth: netlink: File exists");
+        assert_eq!((e.code, e.msg.as_str()), (102, "endpoint abc: create veth: netlink: File exists"));
+        assert_eq!(e.details, "File exists");
     }
 
     #[test]
@@ -310,7 +314,7 @@ mod tests {
     fn status_answers_use_50_or_51() {
         let err = Error::Busy("netloomd socket not answering".into()).context("reach netloomd");
         let e = CniError::status_from(&err, false);
-        assert_eq!((e.code, e.msg.as_str()), (50, "reach netloomd"));
+        assert_eq!((e.code, e.msg.as_str()), (50, "reach netloomd: netloomd socket not answering"));
         assert_eq!(e.details, "netloomd socket not answering");
         assert_eq!(CniError::status_from(&err, true).code, 51);
     }
