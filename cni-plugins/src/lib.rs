@@ -26,3 +26,5 @@ pub use error::CniError;
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use skel::{run, run_process, GcRequest, Plugin, Request, StatusRequest};
 pub use version::CniVersion;
+
+pub mod plugins;

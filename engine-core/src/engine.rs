@@ -48,6 +48,13 @@ impl DriverRegistry {
     }
 }
 
+/// Whether a network's subnets may overlap other networks'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlapPolicy {
+    Reject,
+    Allow,
+}
+
 /// Who puts the endpoint's link into the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SandboxSetup {
@@ -191,8 +198,9 @@ impl Engine {
     }
 
     /// Creates a network, or returns it unchanged if one with this id and the same spec exists
-    /// (CNI runtimes "create" on every ADD).
-    pub fn ensure_network(&self, id: &str, spec: &NetworkSpec) -> Result<Network> {
+    /// (CNI runtimes "create" on every ADD). `overlap` says whether its subnets may overlap
+    /// other networks' (CNI: yes, networks are independent by name; Docker: no).
+    pub fn ensure_network(&self, id: &str, spec: &NetworkSpec, overlap: OverlapPolicy) -> Result<Network> {
         crate::model::validate_network_name(id)?;
         let driver = self.drivers.get(&spec.driver)?;
         let options = driver.validate(spec)?;
@@ -211,7 +219,9 @@ impl Engine {
                 return Ok(existing);
             }
         }
-        self.check_overlaps(&wanted)?;
+        if overlap == OverlapPolicy::Reject {
+            self.check_overlaps(&wanted)?;
+        }
         let _lock = self.store.lock(&network_scope(id), LOCK_TIMEOUT)?;
         let mut op = self.begin(&network_scope(id), format!("create network {id}"))?;
         let key = network_key(id);

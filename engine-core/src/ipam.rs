@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+/// `PoolRequest::options` key: `"true"` lets an explicit pool overlap other pools (CNI
+/// networks are independent by name, as host-local's per-network directories are).
+pub const OPT_ALLOW_OVERLAP: &str = "netloom.allow_overlap";
+
 /// Who holds a lease: for CNI `<container id>/<ifname>` ([`crate::AttachmentKey::owner`]); Docker
 /// does not say which endpoint an address is for, so its front door uses its own owner strings.
 pub type Owner = String;

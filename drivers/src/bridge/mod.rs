@@ -192,12 +192,14 @@ impl Driver for BridgeDriver {
             nl.set_hairpin(host_link.index, true)?;
         }
         nl.set_up(host_link.index)?;
+        // A bridge without an explicit MAC takes its first port's: read it after attaching.
+        let br_mac = nl.link_by_index(br.index)?.and_then(|l| l.mac).or(br.mac);
         Ok(Handoff {
             link: peer,
             mac: spec.mac.clone(),
             host_end: Some(host.clone()),
             host_interfaces: vec![
-                HostInterface { name: o.bridge.clone(), mac: br.mac.map(|m| m.to_string()) },
+                HostInterface { name: o.bridge.clone(), mac: br_mac.map(|m| m.to_string()) },
                 HostInterface { name: host, mac: host_link.mac.map(|m| m.to_string()) },
             ],
         })

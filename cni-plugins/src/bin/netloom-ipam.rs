@@ -1,0 +1,4 @@
+//! The netloom-ipam CNI plugin: a thin entry point over the shared protocol library.
+fn main() {
+    std::process::exit(cni_plugins::run_process(&cni_plugins::plugins::ipam::IpamPlugin));
+}

@@ -1,0 +1,249 @@
+//! `netloom-bridge`: the reference `bridge` plugin's keys and behaviour on netloom's engine.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use engine_core::engine::{AttachRequest, SandboxSetup};
+use engine_core::model::{NetworkSpec, RouteSpec, Sandbox, SubnetConfig};
+use engine_core::ipam::Ipam;
+use engine_core::{AttachmentKey, Options};
+use serde::Deserialize;
+
+use crate::error::CniError;
+use crate::plugins::context::{state_dir, Context};
+use crate::plugins::hostlocal::{is_builtin, IpamConf};
+use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::skel::{GcRequest, Plugin, Request, StatusRequest};
+
+/// The reference bridge plugin's configuration keys (defaults as there).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BridgeConf {
+    pub bridge: Option<String>,
+    pub is_gateway: bool,
+    pub is_default_gateway: bool,
+    pub force_address: bool,
+    pub ip_masq: bool,
+    pub mtu: Option<u32>,
+    pub hairpin_mode: bool,
+    pub promisc_mode: bool,
+    pub vlan: Option<u16>,
+    pub macspoofchk: bool,
+    /// netloom's own: where the state store lives.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The plugin.
+pub struct BridgePlugin;
+
+/// The reference plugin's default bridge name.
+pub const DEFAULT_BRIDGE: &str = "cni0";
+
+struct Parsed {
+    conf: BridgeConf,
+    ipam: IpamConf,
+}
+
+fn parse(config: &crate::config::NetConf) -> Result<Parsed, CniError> {
+    let conf: BridgeConf = config.plugin_config()?;
+    if conf.vlan.is_some_and(|v| v != 0) {
+        return Err(CniError::unsupported_field(
+            "vlan: netloom-bridge does not tag bridge ports yet (it needs bridge VLAN filtering); remove \"vlan\"",
+        ));
+    }
+    if conf.macspoofchk {
+        return Err(CniError::unsupported_field(
+            "macspoofchk: netloom-bridge does not enforce MAC spoof checks yet; remove \"macspoofchk\" rather than run unprotected",
+        ));
+    }
+    let ipam_obj = config
+        .ipam
+        .as_ref()
+        .ok_or_else(|| CniError::invalid_config("netloom-bridge needs an \"ipam\" section (type netloom-ipam or host-local)"))?;
+    let ipam = IpamConf::parse(ipam_obj)?;
+    if !is_builtin(&ipam.ipam_type) {
+        return Err(CniError::unsupported_field(format!(
+            "ipam type {:?}: netloom-bridge runs netloom-ipam and host-local configurations itself; other IPAM plugins are not supported yet",
+            ipam.ipam_type
+        )));
+    }
+    Ok(Parsed { conf, ipam })
+}
+
+impl Parsed {
+    fn context(&self) -> Result<Context, CniError> {
+        Context::open(state_dir(self.conf.state_dir.clone(), Some(&self.ipam)))
+    }
+
+    fn network_spec(&self, name: &str, pools: &[String]) -> NetworkSpec {
+        let c = &self.conf;
+        let is_gateway = c.is_gateway || c.is_default_gateway;
+        let mut options = Options::new();
+        options.insert("bridge".into(), c.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into()));
+        options.insert("is_gateway".into(), is_gateway.to_string());
+        options.insert("is_default_gateway".into(), c.is_default_gateway.to_string());
+        options.insert("force_address".into(), c.force_address.to_string());
+        options.insert("ip_masquerade".into(), c.ip_masq.to_string());
+        options.insert("hairpin".into(), c.hairpin_mode.to_string());
+        options.insert("promisc".into(), c.promisc_mode.to_string());
+        let subnets = self
+            .ipam
+            .range_sets
+            .iter()
+            .zip(pools)
+            .flat_map(|(set, pool)| {
+                set.iter().map(move |r| SubnetConfig { subnet: r.subnet, gateway: r.gateway, pool_id: pool.clone() })
+            })
+            .collect::<Vec<_>>();
+        NetworkSpec {
+            name: name.to_string(),
+            driver: "bridge".into(),
+            enable_ipv6: subnets.iter().any(|s| s.subnet.is_ipv6()),
+            subnets,
+            internal: false,
+            mtu: c.mtu,
+            options,
+        }
+    }
+}
+
+/// Static addresses asked for by the runtime: `runtimeConfig.ips`, `args.cni.ips`, CNI_ARGS `IP`.
+pub fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, CniError> {
+    let mut out: Vec<IpAddr> = req.config.runtime_config.ips.iter().map(|r| r.address).collect();
+    out.extend(req.config.arg_ips()?.into_iter().map(|r| r.address));
+    if let Some(list) = req.args.get("IP") {
+        for s in list.split(',').filter(|s| !s.is_empty()) {
+            let ip: IpAddr = s
+                .split('/')
+                .next()
+                .unwrap_or(s)
+                .parse()
+                .map_err(|_| CniError::invalid_config(format!("CNI_ARGS IP={s:?} is not an IP address")))?;
+            out.push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// The MAC asked for: `runtimeConfig.mac` or CNI_ARGS `MAC`.
+fn requested_mac(req: &Request) -> Option<String> {
+    req.config.runtime_config.mac.clone().or_else(|| req.args.get("MAC").map(str::to_string))
+}
+
+/// IPAM routes as sandbox routes: a route without `gw` goes via the gateway of its family.
+fn ipam_routes(routes: &[Route], gateways: &[IpAddr]) -> Vec<RouteSpec> {
+    routes
+        .iter()
+        .map(|r| RouteSpec {
+            destination: r.dst,
+            gateway: r.gw.or_else(|| gateways.iter().copied().find(|g| g.is_ipv4() == r.dst.is_ipv4())),
+        })
+        .collect()
+}
+
+impl Plugin for BridgePlugin {
+    fn name(&self) -> &str {
+        "netloom-bridge"
+    }
+
+    fn known_args(&self) -> &[&str] {
+        &["K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP", "MAC"]
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let p = parse(&req.config)?;
+        let netns = req.netns()?.to_path_buf();
+        let ctx = p.context()?;
+        let name = &req.config.name;
+        let pools = ctx.ensure_pools(name, &p.ipam)?;
+        let net = ctx.engine.ensure_network(name, &p.network_spec(name, &pools), ctx.overlap())?;
+        let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway).collect();
+        let attach = AttachRequest {
+            network_id: net.id.clone(),
+            key: req.key.clone(),
+            sandbox: SandboxSetup::Configure(Sandbox { netns_path: netns.clone() }),
+            static_addresses: requested_ips(req)?,
+            mac: requested_mac(req),
+            ports: Vec::new(),
+            extra_routes: ipam_routes(&p.ipam.routes, &gateways),
+            options: Options::new(),
+        };
+        let a = ctx.engine.attach(&attach)?;
+        let mut result = CniResult::default();
+        for h in &a.handoff.host_interfaces {
+            result.interfaces.push(Interface { name: h.name.clone(), mac: h.mac.clone(), ..Default::default() });
+        }
+        let container_index = result.interfaces.len();
+        result.interfaces.push(Interface {
+            name: req.key.ifname.clone(),
+            mac: a.endpoint.mac.clone(),
+            sandbox: Some(netns.to_string_lossy().into_owned()),
+            ..Default::default()
+        });
+        for addr in &a.endpoint.addresses {
+            let gateway = net.subnets.iter().find(|s| s.subnet.contains(addr.ip())).and_then(|s| s.gateway);
+            result.ips.push(IpConfig { address: *addr, gateway, interface: Some(container_index) });
+        }
+        for r in &a.join.routes {
+            result.routes.push(Route::new(r.destination, r.gateway));
+        }
+        result.dns = match req.config.dns.clone() {
+            Some(d) if !d.is_empty() => d,
+            _ => p.ipam.dns()?,
+        };
+        Ok(result)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        let p = parse(&req.config)?;
+        let ctx = p.context()?;
+        let sandbox = req.netns.as_ref().map(|n| Sandbox { netns_path: n.clone() });
+        ctx.engine.detach(&req.config.name, &req.key, sandbox.as_ref())?;
+        // A failed ADD may have leased addresses before the network record existed.
+        for (i, _) in p.ipam.range_sets.iter().enumerate() {
+            let owner = req.key.owner();
+            ctx.ipam.release_address(&IpamConf::pool_id(&req.config.name, i), &engine_core::ipam::Release::Owner(owner))?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let p = parse(&req.config)?;
+        let ctx = p.context()?;
+        let drift = ctx.engine.check(&req.config.name, &req.key)?;
+        if drift.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = drift.iter().map(|d| d.to_string()).collect();
+        Err(CniError::new(crate::error::code::KERNEL, format!("CHECK found drift: {}", list.join("; "))))
+    }
+
+    fn status(&self, req: &StatusRequest) -> Result<(), CniError> {
+        let p = parse(&req.config)?;
+        let ctx = p.context().map_err(|e| CniError::unavailable(format!("state store unusable: {}", e.msg)))?;
+        ctx.store
+            .list(&engine_core::Key::new(["networks"]))
+            .map_err(|e| CniError::status_from(&e, false))?;
+        Ok(())
+    }
+
+    fn gc(&self, req: &GcRequest) -> Result<(), CniError> {
+        let p = parse(&req.config)?;
+        let ctx = p.context()?;
+        // Stored endpoints the runtime still lists (an entry without ifname keeps all of a
+        // container's), plus the listed ones themselves for leases with no endpoint record.
+        let mut live: Vec<AttachmentKey> = ctx
+            .engine
+            .list_endpoints(&req.config.name)?
+            .into_iter()
+            .map(|e| e.key)
+            .filter(|k| req.is_valid(k))
+            .collect();
+        live.extend(req.valid_attachments().map(<[AttachmentKey]>::to_vec).unwrap_or_default());
+        let errors = ctx.engine.gc(&req.config.name, &live)?;
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! What every netloom CNI plugin opens: the state store, IPAM and the engine.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use engine_core::engine::{Engine, OverlapPolicy};
+use engine_core::ipam::{Ipam, PoolRequest, OPT_ALLOW_OVERLAP};
+use engine_core::netlink::Netlink;
+use engine_core::sandbox::NetlinkSandboxes;
+use engine_core::store::file::FileStore;
+use engine_core::StateStore;
+use engine_core::ipam::RangeSpec;
+use ipam::allocator::RangeSet;
+use ipam::StoreIpam;
+
+use crate::error::CniError;
+use crate::plugins::hostlocal::IpamConf;
+
+/// Where the state store lives: the plugin's `stateDir` key, else `NETLOOM_STATE_DIR`, else the
+/// IPAM section's `dataDir` (host-local's key: existing configs keep their separation), else
+/// /var/lib/netloom.
+pub fn state_dir(plugin_state_dir: Option<PathBuf>, ipam: Option<&IpamConf>) -> PathBuf {
+    plugin_state_dir
+        .or_else(|| std::env::var_os("NETLOOM_STATE_DIR").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .or_else(|| ipam.and_then(|i| i.data_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/netloom"))
+}
+
+/// The opened store, IPAM and engine.
+pub struct Context {
+    pub store: Arc<dyn StateStore>,
+    pub ipam: Arc<StoreIpam>,
+    pub engine: Engine,
+}
+
+impl Context {
+    pub fn open(dir: PathBuf) -> Result<Self, CniError> {
+        let store: Arc<dyn StateStore> = Arc::new(FileStore::open(&dir)?);
+        // Default pools must not collide with routes on this host; asked only when one is chosen.
+        let routes: ipam::RouteProvider = Box::new(|| Netlink::connect()?.host_routes());
+        let ipam = Arc::new(StoreIpam::new(store.clone(), routes));
+        let engine = Engine::new(
+            store.clone(),
+            ipam.clone(),
+            drivers::registry(),
+            None,
+            Arc::new(NetlinkSandboxes),
+            None,
+        );
+        Ok(Context { store, ipam, engine })
+    }
+
+    /// Makes sure the pools of a CNI network's range sets exist with these ranges; returns
+    /// their ids in range-set order.
+    pub fn ensure_pools(&self, network: &str, conf: &IpamConf) -> Result<Vec<String>, CniError> {
+        let mut ids = Vec::new();
+        for (i, set) in conf.range_sets.iter().enumerate() {
+            let id = IpamConf::pool_id(network, i);
+            // Compare in the pool's normalised form (start/end filled in), as stored.
+            let wanted: Vec<RangeSpec> = RangeSet::new(set, &[])?.ranges().iter().map(|r| r.to_spec()).collect();
+            match self.ipam.get_pool(&id)? {
+                Some(p) if p.ranges == wanted => {}
+                Some(p) => {
+                    // The config changed: only safe when nothing is leased from the old ranges.
+                    if !self.ipam.leases(&id)?.is_empty() {
+                        return Err(CniError::invalid_config(format!(
+                            "network {network}: range set {i} changed while containers hold addresses from it; DEL them first"
+                        )));
+                    }
+                    for _ in 0..p.refs.max(1) {
+                        self.ipam.release_pool(&id)?;
+                    }
+                    self.request_pool(&id, set)?;
+                }
+                None => self.request_pool(&id, set)?,
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn request_pool(&self, id: &str, set: &[engine_core::ipam::RangeSpec]) -> Result<(), CniError> {
+        let mut req = PoolRequest { id: Some(id.to_string()), ranges: set.to_vec(), ..Default::default() };
+        req.options.insert(OPT_ALLOW_OVERLAP.into(), "true".into());
+        match self.ipam.request_pool(&req) {
+            Ok(_) => Ok(()),
+            // A parallel ADD created it with the same ranges first: fine.
+            Err(e) if e.kind() == engine_core::ErrorKind::Conflict && self.ipam.get_pool(id)?.is_some() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn overlap(&self) -> OverlapPolicy {
+        OverlapPolicy::Allow
+    }
+}

@@ -1,0 +1,7 @@
+//! The plugins themselves: each binary in `src/bin/` is `run_process(&Plugin)`.
+
+pub mod bridge;
+pub mod context;
+pub mod hostlocal;
+pub mod ipam;
+pub mod loopback;
