@@ -17,7 +17,7 @@ fi
 
 # Debian packages the tests use. iproute2/nftables/iptables are independent tools the tests
 # check the product against (the product itself never execs them).
-PKGS=(iproute2 nftables iptables procps kmod ca-certificates pkg-config)
+PKGS=(iproute2 nftables iptables procps kmod ca-certificates pkg-config libnftnl-dev libmnl-dev iputils-ping containernetworking-plugins)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

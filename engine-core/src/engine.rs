@@ -223,11 +223,15 @@ impl Engine {
             self.check_overlaps(&wanted)?;
         }
         let _lock = self.store.lock(&network_scope(id), LOCK_TIMEOUT)?;
-        let mut op = self.begin(&network_scope(id), format!("create network {id}"))?;
+        // Someone may have created it while we waited for the lock (parallel CNI ADDs).
         let key = network_key(id);
-        let previous = self.store.get(&key)?.map(|v| v.value);
-        op.record(UndoStep::RestoreKey { key: key.to_string(), value: previous })?;
-        self.store.put_json(&key, &wanted, Expect::Any)?;
+        let previous = self.store.get(&key)?;
+        if let Some(p) = &previous {
+            if serde_json::from_slice::<Network>(&p.value).ok().as_ref() == Some(&wanted) {
+                return Ok(wanted);
+            }
+        }
+        let mut op = self.begin(&network_scope(id), format!("create network {id}"))?;
         driver.create_network(&mut op, &wanted).with_context(|| format!("network {}", wanted.name))?;
         if let Some(fw) = &self.firewall {
             if let Some(rules) = network_rules(&wanted) {
@@ -238,6 +242,9 @@ impl Engine {
                 fw.setup_network(&rules)?;
             }
         }
+        // The record goes in last: whoever sees it may rely on the bridge and rules existing.
+        op.record(UndoStep::RestoreKey { key: key.to_string(), value: previous.map(|v| v.value) })?;
+        self.store.put_json(&key, &wanted, Expect::Any)?;
         op.commit()?;
         Ok(wanted)
     }

@@ -237,9 +237,13 @@ pub fn recover_all(store: &dyn StateStore, undoer: &dyn Undoer) -> Result<Recove
 
 fn recover_prefix(store: &dyn StateStore, undoer: &dyn Undoer, prefix: &Key) -> Result<Recovery> {
     let mut out = Recovery::default();
-    for (_key, _version, record) in store.list_json::<Record>(prefix)? {
+    for (key, _version, record) in store.list_json::<Record>(prefix)? {
         // Still running somewhere (this process or another): not ours to touch.
         let Some(_guard) = store.try_lock(&lock_name(&record.id))? else { continue };
+        // The owner may have committed (deleting the record, then releasing the lock) between
+        // our listing and our lock: only a record that is still there once we hold its lock
+        // belongs to a dead process. Re-read it, too: its steps may have grown since the list.
+        let Some((_, record)) = store.get_json::<Record>(&key)? else { continue };
         tracing::info!(journal = %record.id, operation = %record.operation, pid = record.pid,
             steps = record.steps.len(), "rolling back an operation whose process died");
         let errors = undo_all(undoer, &record.steps);

@@ -21,6 +21,8 @@ pub enum Cap {
     Dummy,
     Dockerd,
     Etcd,
+    /// The reference CNI plugins (Debian's containernetworking-plugins) in /usr/lib/cni.
+    RefCni,
 }
 
 impl Cap {
@@ -105,6 +107,8 @@ impl Caps {
         found.insert(Cap::Iptables, ipt);
         found.insert(Cap::Dockerd, which("dockerd"));
         found.insert(Cap::Etcd, which("etcd"));
+        let refcni = std::path::Path::new("/usr/lib/cni/bridge").is_file();
+        found.insert(Cap::RefCni, if refcni { Ok(()) } else { Err("/usr/lib/cni/bridge missing (apt-get install containernetworking-plugins)".into()) });
         Caps { found }
     }
 }

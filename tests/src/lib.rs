@@ -10,6 +10,7 @@
 //! - [`sweep`]: the final check that nothing with this run's prefix was left behind.
 
 pub mod caps;
+pub mod cni;
 pub mod fakehost;
 pub mod names;
 pub mod sweep;
