@@ -100,6 +100,10 @@ pub struct Handoff {
     /// The host-side end that stays (veth), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_end: Option<String>,
+    /// The driver already put the link into the sandbox under its final name
+    /// ([`crate::model::EndpointSpec::placement`]); the sandbox step only configures it.
+    #[serde(default)]
+    pub placed: bool,
     /// Host interfaces worth reporting (CNI lists the bridge and the host veth in its result).
     #[serde(default)]
     pub host_interfaces: Vec<HostInterface>,

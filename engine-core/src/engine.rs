@@ -19,7 +19,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::firewall::{EndpointRules, Firewaller, NetworkRules};
 use crate::ipam::{AddressRequest, Ipam, Release};
 use crate::journal::{self, CoreUndoer, Txn, UndoStep, Undoer};
-use crate::model::{AttachmentKey, Drift, Endpoint, EndpointSpec, Network, NetworkSpec, PortMapping, Sandbox};
+use crate::model::{AttachmentKey, Drift, Endpoint, EndpointSpec, Network, NetworkSpec, Placement, PortMapping, Sandbox};
 use crate::store::{Expect, Key, StateStore, StateStoreExt};
 
 /// How long an operation waits for a network's lock before answering "busy, try again".
@@ -358,6 +358,12 @@ impl Engine {
             mtu: net.mtu,
             ports: req.ports.clone(),
             options: req.options.clone(),
+            placement: match &req.sandbox {
+                SandboxSetup::Configure(sb) => {
+                    Some(Placement { netns_path: sb.netns_path.clone(), ifname: req.key.ifname.clone() })
+                }
+                SandboxSetup::Runtime => None,
+            },
         };
         let handoff = driver.create_endpoint(&mut op, &net, &spec)?;
         let sandbox = match &req.sandbox {

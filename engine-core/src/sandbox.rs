@@ -22,18 +22,20 @@ impl SandboxConfigurator for NetlinkSandboxes {
         let path = &sandbox.netns_path;
         let ns = Netns::open(path).with_context(|| format!("container namespace {}", path.display()))?;
         let inner = Netlink::in_netns(&ns)?;
-        if inner.link_by_name(iface.ifname)?.is_some() {
-            return Err(Error::Conflict(format!(
-                "interface {} already exists in {}; pick another CNI_IFNAME or DEL the old attachment",
-                iface.ifname,
-                path.display()
-            )));
-        }
-        // Once moved, the link's only handle is its name in the container: record that first.
-        op.record(UndoStep::DeleteLink { netns: Some(path.clone()), name: iface.ifname.to_string() })?;
-        op.host()?.move_to_netns(iface.handoff.link.as_str(), &ns, Some(iface.ifname))?;
-        if let Some(mtu) = iface.mtu {
-            inner.set_mtu(iface.ifname, mtu)?;
+        if !iface.handoff.placed {
+            if inner.link_by_name(iface.ifname)?.is_some() {
+                return Err(Error::Conflict(format!(
+                    "interface {} already exists in {}; pick another CNI_IFNAME or DEL the old attachment",
+                    iface.ifname,
+                    path.display()
+                )));
+            }
+            // Once moved, the link's only handle is its name in the container: record that first.
+            op.record(UndoStep::DeleteLink { netns: Some(path.clone()), name: iface.ifname.to_string() })?;
+            op.host()?.move_to_netns(iface.handoff.link.as_str(), &ns, Some(iface.ifname))?;
+            if let Some(mtu) = iface.mtu {
+                inner.set_mtu(iface.ifname, mtu)?;
+            }
         }
         for a in iface.addresses {
             // No DAD wait: IPAM guarantees uniqueness, and DAD would delay the container by ~1 s.

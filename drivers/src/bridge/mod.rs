@@ -176,7 +176,21 @@ impl Driver for BridgeDriver {
         nl.delete_link_if_exists(peer.as_str())?;
         let host_ns = op.host_netns().map(|p| p.to_path_buf());
         op.record(UndoStep::DeleteLink { netns: host_ns, name: host.clone() })?;
+        // With a placement the peer is born in the container under its final name: a move
+        // between namespaces costs the kernel an RCU grace period (~20 ms).
+        let target = match &spec.placement {
+            Some(p) => Some((
+                engine_core::netns::Netns::open(&p.netns_path)
+                    .map_err(|e| e.context(format!("container namespace {}", p.netns_path.display())))?,
+                p.ifname.clone(),
+            )),
+            None => None,
+        };
+        let peer = target.as_ref().map(|(_, n)| n.clone()).unwrap_or(peer);
         let mut veth = VethSpec::new(&host, &peer);
+        if let Some((ns, _)) = &target {
+            veth = veth.peer_netns(ns);
+        }
         if let Some(mtu) = spec.mtu.or(net.mtu) {
             veth = veth.mtu(mtu);
         }
@@ -186,7 +200,16 @@ impl Driver for BridgeDriver {
                 .map_err(|_| Error::InvalidConfig(format!("MAC address {mac:?} is not valid (want aa:bb:cc:dd:ee:ff)")))?;
             veth = veth.peer_mac(mac);
         }
-        let host_link = nl.create_veth(&veth)?;
+        let host_link = match nl.create_veth(&veth) {
+            Ok(l) => l,
+            Err(e) if target.is_some() && engine_core::netlink::is_exists(&e) => {
+                // The host name is ours and was cleared above, so the clash is in the container.
+                return Err(Error::Conflict(format!(
+                    "interface {peer} already exists in the container; pick another CNI_IFNAME or DEL the old attachment"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         nl.set_master(host_link.index, br.index)?;
         if o.hairpin {
             nl.set_hairpin(host_link.index, true)?;
@@ -195,6 +218,7 @@ impl Driver for BridgeDriver {
         // A bridge without an explicit MAC takes its first port's: read it after attaching.
         let br_mac = nl.link_by_index(br.index)?.and_then(|l| l.mac).or(br.mac);
         Ok(Handoff {
+            placed: target.is_some(),
             link: peer,
             mac: spec.mac.clone(),
             host_end: Some(host.clone()),
