@@ -1,0 +1,29 @@
+//! netlab: see, enter, probe, capture and diagnose container networks.
+//!
+//! The binary (`src/main.rs`) is a thin clap front; everything it shows is computed here so the
+//! integration tests and the benchmark call the same code.
+//!
+//! - [`discover`]: every network namespace on the host (/run/netns, /proc, Docker, netloom's
+//!   state, CNI results), deduplicated by inode.
+//! - [`target`]: turns a TARGET argument into a namespace, with suggestions when unknown.
+//! - [`inventory`]: interfaces, addresses, default routes and veth peers of each namespace
+//!   (`netlab ls`), one netlink socket per namespace.
+//! - [`topo`]: the same data as a graph (text, Graphviz DOT, JSON).
+//! - [`doctor`]: host checks with a verdict and a fix each.
+//! - [`capture`]: packets inside a namespace, as pcap or one line each.
+//!
+//! Everything but [`capture`] (its socket) and [`lab`] only reads.
+
+pub mod capture;
+pub mod cli;
+pub mod discover;
+pub mod docker;
+pub mod doctor;
+pub mod error;
+pub mod inventory;
+pub mod nsid;
+pub mod render;
+pub mod target;
+pub mod topo;
+
+pub use error::{Error, Result};
