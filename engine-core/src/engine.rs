@@ -110,6 +110,9 @@ pub trait SandboxConfigurator: Send + Sync {
     /// Removes `ifname` from the sandbox if it is still there (idempotent; a missing namespace
     /// is fine).
     fn deconfigure(&self, sandbox: &Sandbox, ifname: &str) -> Result<()>;
+
+    /// Compares the sandbox's interface with what it should be (present, up, addresses).
+    fn check(&self, sandbox: &Sandbox, ifname: &str, addresses: &[IpNetwork]) -> Result<Vec<Drift>>;
 }
 
 /// The engine. Cheap to clone; every method is synchronous (daemons call it from blocking
@@ -491,6 +494,9 @@ impl Engine {
             Some(p) => crate::netlink::Netlink::in_netns(&crate::netns::Netns::open(p)?)?,
         };
         let mut drift = driver.check(&host, &net, &ep)?;
+        if let Some(sb) = &ep.sandbox {
+            drift.extend(self.sandboxes.check(sb, &key.ifname, &ep.addresses)?);
+        }
         if let (Some(fw), Some(rules)) = (&self.firewall, network_rules(&net)) {
             drift.extend(fw.check(&rules, &[endpoint_rules(&net, &ep)])?);
         }

@@ -9,7 +9,8 @@ use crate::driver::Op;
 use crate::engine::{SandboxConfigurator, SandboxInterface};
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::journal::UndoStep;
-use crate::model::Sandbox;
+use crate::model::{Drift, Sandbox};
+use ipnetwork::IpNetwork;
 use crate::netlink::{AddrOptions, Netlink, RouteSpec};
 use crate::netns::Netns;
 
@@ -56,6 +57,29 @@ impl SandboxConfigurator for NetlinkSandboxes {
             .map(|m| m.to_string())
             .unwrap_or_default();
         Ok(mac)
+    }
+
+    fn check(&self, sandbox: &Sandbox, ifname: &str, addresses: &[IpNetwork]) -> Result<Vec<Drift>> {
+        let subject = format!("interface {ifname} in {}", sandbox.netns_path.display());
+        let drift = |problem: String| vec![Drift { subject: subject.clone(), problem }];
+        let ns = match Netns::open(&sandbox.netns_path) {
+            Ok(ns) => ns,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(drift("the namespace is gone".into())),
+            Err(e) => return Err(e),
+        };
+        let nl = Netlink::in_netns(&ns)?;
+        let Some(link) = nl.link_by_name(ifname)? else { return Ok(drift("missing".into())) };
+        let mut out = Vec::new();
+        if !link.is_up() {
+            out.extend(drift("down".into()));
+        }
+        let present = nl.addresses_of(link.index)?;
+        for a in addresses {
+            if !present.iter().any(|p| p.address == *a) {
+                out.extend(drift(format!("address {a} missing")));
+            }
+        }
+        Ok(out)
     }
 
     fn deconfigure(&self, sandbox: &Sandbox, ifname: &str) -> Result<()> {

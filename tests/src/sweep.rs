@@ -36,6 +36,16 @@ pub fn leftovers() -> Vec<String> {
             }
         }
     }
+    // host-local's default lease directory, which netloom-ipam mirrors.
+    if let Ok(entries) = std::fs::read_dir("/var/lib/cni/networks") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                found.push(format!("host-local lease directory {}", e.path().display()));
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -56,7 +56,7 @@ impl Net {
             "bridge": bridge,
             "isGateway": true,
             "isDefaultGateway": true,
-            "ipam": {"type": "netloom-ipam", "ranges": [[{"subnet": subnet.to_string()}]]},
+            "ipam": {"type": "netloom-ipam", "ranges": [[{"subnet": subnet.to_string()}]], "dataDir": host.state_dir().join("cni")},
             "stateDir": host.state_dir(),
         });
         merge(&mut conf, extra);
@@ -134,6 +134,11 @@ fn add_check_del_every_version() -> Result<(), String> {
         ensure(ifaces.len() == 3 && ifaces[2]["sandbox"] == c.to_string_lossy().as_ref(), format!("interfaces: {r}"))?;
         ensure(addrs_in(&c, "eth0")?.contains(addr), "address not configured in the container")?;
         ensure(net.ports()? == 1, "host veth not on the bridge")?;
+        // host-local's on-disk view: <dataDir>/<network>/<ip> = "<container id>\r\n<ifname>".
+        let ip_only = addr.split('/').next().unwrap_or_default();
+        let lease_file = net.host.state_dir().join("cni").join(net.conf["name"].as_str().unwrap_or_default()).join(ip_only);
+        let body = std::fs::read_to_string(&lease_file).map_err(|e| format!("{}: {e}", lease_file.display()))?;
+        ensure(body == "ctr1\r\neth0", format!("host-local lease file says {body:?}"))?;
         if version != "0.3.0" && version != "0.3.1" {
             let mut conf = net.conf.clone();
             conf["prevResult"] = r.clone();
@@ -146,8 +151,14 @@ fn add_check_del_every_version() -> Result<(), String> {
             let msg = out.err_code(102)?;
             ensure(msg.contains("not attached to bridge"), format!("CHECK message: {msg}"))?;
             net.host.sh(&["ip", "link", "set", host_veth, "master", &net.bridge])?;
+            run(&net.host, &our_bin("netloom-bridge")?, &check_call, &conf)?.ok()?;
+            // Drift inside the container: its address flushed.
+            run_in_path(&c, &["ip", "addr", "flush", "dev", "eth0"])?;
+            let msg = run(&net.host, &our_bin("netloom-bridge")?, &check_call, &conf)?.err_code(102)?;
+            ensure(msg.contains("missing"), format!("CHECK message: {msg}"))?;
         }
         net.call("DEL", "ctr1", Some(&c), "eth0")?.ok()?;
+        ensure(!lease_file.exists(), "host-local lease file left after DEL")?;
         ensure(net.ports()? == 0, "veth left after DEL")?;
         ensure(net.leases() == 0, "lease left after DEL")?;
         // DEL again succeeds (runtimes repeat it).
@@ -344,7 +355,7 @@ fn version_status_errors() -> Result<(), String> {
     let host = FakeHost::new("verr")?;
     let bin = our_bin("netloom-bridge")?;
     let conf = json!({"cniVersion": "1.1.0", "name": "x", "type": "netloom-bridge",
-        "ipam": {"type": "netloom-ipam", "subnet": "10.250.0.0/24"}, "stateDir": host.state_dir()});
+        "ipam": {"type": "netloom-ipam", "subnet": "10.250.0.0/24", "dataDir": host.state_dir().join("cni")}, "stateDir": host.state_dir()});
     // VERSION echoes the asked version and lists all.
     let v = run(&host, &bin, &Call { command: "VERSION", ..Default::default() }, &json!({"cniVersion": "0.4.0"}))?.ok()?;
     ensure(v["cniVersion"] == "0.4.0", format!("VERSION: {v}"))?;
@@ -397,7 +408,7 @@ fn ipam_under_reference_bridge() -> Result<(), String> {
     let mut host = FakeHost::new("refbr")?;
     let subnet = names::subnet_v4();
     let conf = json!({"cniVersion": "1.0.0", "name": names::unique("refbr"), "type": "bridge", "bridge": "refbr0",
-        "isGateway": true, "ipam": {"type": "netloom-ipam", "ranges": [[{"subnet": subnet.to_string()}]]},
+        "isGateway": true, "ipam": {"type": "netloom-ipam", "ranges": [[{"subnet": subnet.to_string()}]], "dataDir": host.state_dir().join("cni")},
         "stateDir": host.state_dir()});
     let a = host.container("a")?;
     let bridge = PathBuf::from("/usr/lib/cni/bridge");

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::error::CniError;
 use crate::plugins::context::{state_dir, Context};
 use crate::plugins::hostlocal::{is_builtin, IpamConf};
+use crate::plugins::mirror::Mirror;
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::skel::{GcRequest, Plugin, Request, StatusRequest};
 
@@ -169,6 +170,8 @@ impl Plugin for BridgePlugin {
             options: Options::new(),
         };
         let a = ctx.engine.attach(&attach)?;
+        let ips: Vec<IpAddr> = a.endpoint.addresses.iter().map(|n| n.ip()).collect();
+        Mirror::new(p.ipam.data_dir.as_deref(), name).add(&req.key, &ips);
         let mut result = CniResult::default();
         for h in &a.handoff.host_interfaces {
             result.interfaces.push(Interface { name: h.name.clone(), mac: h.mac.clone(), ..Default::default() });
@@ -204,6 +207,7 @@ impl Plugin for BridgePlugin {
             let owner = req.key.owner();
             ctx.ipam.release_address(&IpamConf::pool_id(&req.config.name, i), &engine_core::ipam::Release::Owner(owner))?;
         }
+        Mirror::new(p.ipam.data_dir.as_deref(), &req.config.name).remove_owner(&req.key);
         Ok(())
     }
 
@@ -241,6 +245,15 @@ impl Plugin for BridgePlugin {
             .collect();
         live.extend(req.valid_attachments().map(<[AttachmentKey]>::to_vec).unwrap_or_default());
         let errors = ctx.engine.gc(&req.config.name, &live)?;
+        let mut leased = Vec::new();
+        for i in 0..p.ipam.range_sets.len() {
+            match ctx.ipam.leases(&IpamConf::pool_id(&req.config.name, i)) {
+                Ok(l) => leased.extend(l.iter().map(|l| l.address.ip())),
+                Err(e) if e.kind() == engine_core::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Mirror::new(p.ipam.data_dir.as_deref(), &req.config.name).retain(&leased);
         if let Some(e) = errors.into_iter().next() {
             return Err(e.into());
         }

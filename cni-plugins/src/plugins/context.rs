@@ -17,12 +17,15 @@ use crate::error::CniError;
 use crate::plugins::hostlocal::IpamConf;
 
 /// Where the state store lives: the plugin's `stateDir` key, else `NETLOOM_STATE_DIR`, else the
-/// IPAM section's `dataDir` (host-local's key: existing configs keep their separation), else
+/// IPAM section's `dataDir` + `/.netloom` (host-local's key: existing configs keep their
+/// separation), else
 /// /var/lib/netloom.
 pub fn state_dir(plugin_state_dir: Option<PathBuf>, ipam: Option<&IpamConf>) -> PathBuf {
     plugin_state_dir
         .or_else(|| std::env::var_os("NETLOOM_STATE_DIR").filter(|v| !v.is_empty()).map(PathBuf::from))
-        .or_else(|| ipam.and_then(|i| i.data_dir.clone()))
+        // Under dataDir, in a directory no CNI network name can take (names start with a
+        // letter or digit), beside host-local's per-network lease directories.
+        .or_else(|| ipam.and_then(|i| i.data_dir.as_ref().map(|d| d.join(".netloom"))))
         .unwrap_or_else(|| PathBuf::from("/var/lib/netloom"))
 }
 

@@ -10,6 +10,7 @@ use crate::error::CniError;
 use crate::plugins::bridge::requested_ips;
 use crate::plugins::context::{state_dir, Context};
 use crate::plugins::hostlocal::IpamConf;
+use crate::plugins::mirror::Mirror;
 use crate::result::{CniResult, IpConfig};
 use crate::skel::{GcRequest, Plugin, Request, StatusRequest};
 
@@ -63,6 +64,8 @@ impl Plugin for IpamPlugin {
             };
             result.ips.push(IpConfig { address: lease.address, gateway: lease.gateway, interface: None });
         }
+        let ips: Vec<std::net::IpAddr> = result.ips.iter().map(|i| i.address.ip()).collect();
+        Mirror::new(conf.data_dir.as_deref(), &req.config.name).add(&req.key, &ips);
         result.routes = conf.routes.clone();
         result.dns = conf.dns()?;
         Ok(result)
@@ -73,6 +76,7 @@ impl Plugin for IpamPlugin {
         for i in 0..conf.range_sets.len() {
             ctx.ipam.release_address(&IpamConf::pool_id(&req.config.name, i), &Release::Owner(req.key.owner()))?;
         }
+        Mirror::new(conf.data_dir.as_deref(), &req.config.name).remove_owner(&req.key);
         Ok(())
     }
 
@@ -103,6 +107,7 @@ impl Plugin for IpamPlugin {
     fn gc(&self, req: &GcRequest) -> Result<(), CniError> {
         let (conf, ctx) = open(&req.config)?;
         let mut first_error = None;
+        let mut leased = Vec::new();
         for i in 0..conf.range_sets.len() {
             let pool = IpamConf::pool_id(&req.config.name, i);
             let leases = match ctx.ipam.leases(&pool) {
@@ -124,7 +129,9 @@ impl Plugin for IpamPlugin {
             if let Err(e) = ctx.ipam.gc(&pool, &live) {
                 first_error.get_or_insert(e);
             }
+            leased.extend(ctx.ipam.leases(&pool)?.iter().map(|l| l.address.ip()));
         }
+        Mirror::new(conf.data_dir.as_deref(), &req.config.name).retain(&leased);
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(()),

@@ -5,3 +5,4 @@ pub mod context;
 pub mod hostlocal;
 pub mod ipam;
 pub mod loopback;
+pub mod mirror;
