@@ -47,5 +47,10 @@ cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --features engine-core/root-tests -- -D warnings
 
+# The integration tests run the product's binaries (CNI plugins, netloomd, netlab) as a runtime
+# would: build them first so no test runs a stale one.
+log "cargo build --workspace"
+cargo build --workspace --all-targets
+
 log "cargo test (unit, root and integration tests)"
 cargo test --workspace --features engine-core/root-tests -- "${filter[@]}"

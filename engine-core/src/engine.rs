@@ -320,15 +320,6 @@ impl Engine {
                 join_addrs(&existing.addresses)
             )));
         }
-        if let Some(max) = driver.capabilities().max_endpoints {
-            let n = self.store.list(&endpoint_prefix(&net.id))?.len();
-            if n as u32 >= max {
-                return Err(Error::Exhausted(format!(
-                    "network {} has {n} endpoints, the most a {} network can hold",
-                    net.name, net.driver
-                )));
-            }
-        }
         let mut op = self.begin(&network_scope(&net.id), format!("attach {} to {}", req.key, net.name))?;
         let owner = req.key.owner();
         let mut addresses = Vec::new();
@@ -455,13 +446,15 @@ impl Engine {
         if let Err(e) = driver.leave(&mut op, &net, &ep) {
             errors.push(e);
         }
+        // The driver first: removing a veth's host end takes the container end with it, so the
+        // sandbox step then has nothing slow left to do.
+        if let Err(e) = driver.delete_endpoint(&mut op, &net, &ep) {
+            errors.push(e);
+        }
         if let Some(sb) = &op_sandbox {
             if let Err(e) = self.sandboxes.deconfigure(sb, &key.ifname) {
                 errors.push(e);
             }
-        }
-        if let Err(e) = driver.delete_endpoint(&mut op, &net, &ep) {
-            errors.push(e);
         }
         for pool_id in pool_ids(&net) {
             if let Err(e) = self.ipam.release_address(&pool_id, &Release::Owner(key.owner())) {

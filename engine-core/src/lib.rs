@@ -17,6 +17,7 @@ pub mod journal;
 pub mod model;
 pub mod netlink;
 pub mod netns;
+pub mod reaper;
 pub mod sandbox;
 pub mod store;
 

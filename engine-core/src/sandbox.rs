@@ -89,6 +89,17 @@ impl SandboxConfigurator for NetlinkSandboxes {
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidConfig) => return Ok(()),
             Err(e) => return Err(e),
         };
-        Netlink::in_netns(&ns)?.delete_link_if_exists(ifname).map(|_| ())
+        let nl = Netlink::in_netns(&ns)?;
+        match nl.link_by_name(ifname)? {
+            None => Ok(()),
+            // A veth goes with its host end, which the driver handed to the reaper; deleting
+            // it here would make DEL wait for the kernel.
+            Some(l) if l.kind == Some(crate::netlink::LinkKind::Veth) => match nl.set_down(l.index) {
+                // The reaper was quicker.
+                Err(e) if crate::netlink::is_not_found(&e) => Ok(()),
+                other => other,
+            },
+            Some(l) => nl.delete_link_if_exists(l.index).map(|_| ()),
+        }
     }
 }

@@ -74,6 +74,24 @@ impl Net {
         Ok(String::from_utf8_lossy(&out.stdout).lines().count())
     }
 
+    /// Links of this host whose kernel deletion was handed to a reaper and not done within 5 s.
+    fn graveyard(&self) -> Result<Vec<String>, String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let out = self.host.sh(&["ip", "-o", "link", "show"])?;
+            let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+                .filter(|n| n.starts_with("nlz") || n.starts_with("nl") && n.len() == 13)
+                .collect();
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                return Ok(left);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn leases(&self) -> usize {
         count_values(&self.host.state_dir().join("data/ipam/leases"))
     }
@@ -160,6 +178,9 @@ fn add_check_del_every_version() -> Result<(), String> {
         net.call("DEL", "ctr1", Some(&c), "eth0")?.ok()?;
         ensure(!lease_file.exists(), "host-local lease file left after DEL")?;
         ensure(net.ports()? == 0, "veth left after DEL")?;
+        let left = net.graveyard()?;
+        ensure(left.is_empty(), format!("veths not deleted after DEL: {left:?}"))?;
+        ensure(run_in_path(&c, &["ip", "link", "show", "eth0"]).is_err(), "eth0 left in the container")?;
         ensure(net.leases() == 0, "lease left after DEL")?;
         // DEL again succeeds (runtimes repeat it).
         net.call("DEL", "ctr1", Some(&c), "eth0")?.ok()?;
@@ -346,6 +367,8 @@ fn parallel_50() -> Result<(), String> {
         d?;
     }
     ensure(net.ports()? == 0, "veths left after 50 DELs")?;
+    let left = net.graveyard()?;
+    ensure(left.is_empty(), format!("reapers did not delete {left:?}"))?;
     ensure(net.leases() == 0, "leases left after 50 DELs")?;
     net.conf = Value::Null;
     Ok(())

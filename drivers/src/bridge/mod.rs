@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use engine_core::driver::{Capabilities, Driver, Handoff, HostInterface, JoinInfo, Op};
 use engine_core::journal::UndoStep;
+use engine_core::reaper;
 use engine_core::netlink::{AddrOptions, BridgeSpec, LinkKind, MacAddr, Netlink, VethSpec};
 use engine_core::{
     AttachmentKey, Drift, Endpoint, EndpointSpec, Error, Expect, Key, Network, NetworkSpec, Options, Result,
@@ -210,7 +211,18 @@ impl Driver for BridgeDriver {
             }
             Err(e) => return Err(e),
         };
-        nl.set_master(host_link.index, br.index)?;
+        // The kernel enforces the 1024-port limit (EXFULL); counting ports ourselves would cost
+        // a dump per ADD.
+        nl.set_master(host_link.index, br.index).map_err(|e| {
+            if e.errno() == Some(libc::EXFULL) {
+                Error::Exhausted(format!(
+                    "bridge {} already has {MAX_PORTS} ports, the most a Linux bridge can hold; use another network for more containers",
+                    o.bridge
+                ))
+            } else {
+                e
+            }
+        })?;
         if o.hairpin {
             nl.set_hairpin(host_link.index, true)?;
         }
@@ -231,8 +243,17 @@ impl Driver for BridgeDriver {
 
     fn delete_endpoint(&self, op: &mut Op, net: &Network, ep: &Endpoint) -> Result<()> {
         let host = naming::host_veth(&net.id, &ep.key);
-        op.host()?.delete_link_if_exists(host.as_str())?;
-        Ok(())
+        let nl = op.host()?;
+        let Some(link) = nl.link_by_name(&host)? else { return Ok(()) };
+        // Cut it off now (down, off the bridge, out of the way of a new veth of the same
+        // name): the container loses its carrier at once and its address can be reused. The
+        // kernel's slow unregister goes to the reaper; deleting the host end takes the
+        // container end with it.
+        nl.set_down(link.index)?;
+        nl.set_nomaster(link.index)?;
+        let grave = reaper::graveyard_name();
+        nl.rename(link.index, &grave)?;
+        reaper::reap_later(reaper::Job { netns: op.host_netns().map(|p| p.to_path_buf()), links: vec![grave] })
     }
 
     fn join(&self, _op: &mut Op, net: &Network, ep: &Endpoint, _sandbox: &Sandbox) -> Result<JoinInfo> {
@@ -272,6 +293,10 @@ impl Driver for BridgeDriver {
         let Some(br) = nl.link_by_name(&o.bridge)? else { return Ok(Vec::new()) };
         let keep: Vec<String> = live.iter().map(|k| naming::host_veth(&net.id, k)).collect();
         let mut errors = Vec::new();
+        // Links a killed reaper left behind.
+        if let Err(e) = reaper::sweep(&nl) {
+            errors.push(e);
+        }
         for l in nl.links()? {
             if l.master == Some(br.index) && naming::is_host_veth(&l.name) && !keep.contains(&l.name) {
                 tracing::info!(network = %net.name, link = %l.name, "gc removes a stale veth");
