@@ -203,7 +203,11 @@ impl From<&engine_core::Error> for CniError {
         // repeats the innermost cause on its own for tools that want just that.
         let chain = err.chain();
         let msg = err.to_string();
-        let details = if chain.len() > 1 { chain.last().cloned().unwrap_or_default() } else { String::new() };
+        let details = if chain.len() > 1 {
+            chain.last().cloned().unwrap_or_default()
+        } else {
+            String::new()
+        };
         CniError {
             code: code_for_kind(err.kind()),
             msg,
@@ -289,7 +293,10 @@ mod tests {
             message: "File exists".into(),
         };
         let e = CniError::from(netlink.context("endpoint abc"));
-        assert_eq!((e.code, e.msg.as_str()), (102, "endpoint abc: create veth: netlink: File exists"));
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (102, "endpoint abc: create veth: netlink: File exists")
+        );
         assert_eq!(e.details, "File exists");
     }
 
@@ -314,7 +321,10 @@ mod tests {
     fn status_answers_use_50_or_51() {
         let err = Error::Busy("netloomd socket not answering".into()).context("reach netloomd");
         let e = CniError::status_from(&err, false);
-        assert_eq!((e.code, e.msg.as_str()), (50, "reach netloomd: netloomd socket not answering"));
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (50, "reach netloomd: netloomd socket not answering")
+        );
         assert_eq!(e.details, "netloomd socket not answering");
         assert_eq!(CniError::status_from(&err, true).code, 51);
     }

@@ -19,12 +19,18 @@ fn fnv1a(parts: &[&str]) -> u64 {
 
 /// The host end of an endpoint's veth: `nl` + 11 hex digits (15 bytes, the kernel's limit).
 pub fn host_veth(network_id: &str, key: &AttachmentKey) -> String {
-    format!("nl{:011x}", fnv1a(&[network_id, &key.container_id, &key.ifname]) & 0xfff_ffff_ffff)
+    format!(
+        "nl{:011x}",
+        fnv1a(&[network_id, &key.container_id, &key.ifname]) & 0xfff_ffff_ffff
+    )
 }
 
 /// The container end before it is moved and renamed: `nc` + the same digits.
 pub fn temp_peer(network_id: &str, key: &AttachmentKey) -> String {
-    format!("nc{:011x}", fnv1a(&[network_id, &key.container_id, &key.ifname]) & 0xfff_ffff_ffff)
+    format!(
+        "nc{:011x}",
+        fnv1a(&[network_id, &key.container_id, &key.ifname]) & 0xfff_ffff_ffff
+    )
 }
 
 /// Whether a link name is one of ours (a host veth end).
@@ -44,9 +50,15 @@ mod tests {
         assert_eq!(a.len(), 13);
         assert!(is_host_veth(&a));
         assert_ne!(a, host_veth("net2", &k));
-        assert_ne!(a, host_veth("net1", &AttachmentKey::new("c1", "eth1").unwrap()));
+        assert_ne!(
+            a,
+            host_veth("net1", &AttachmentKey::new("c1", "eth1").unwrap())
+        );
         // Fixed value: a change here breaks DEL of containers added by an older netloom.
-        assert_eq!(host_veth("n", &AttachmentKey::new("c", "eth0").unwrap()), host_veth("n", &AttachmentKey::new("c", "eth0").unwrap()));
+        assert_eq!(
+            host_veth("n", &AttachmentKey::new("c", "eth0").unwrap()),
+            host_veth("n", &AttachmentKey::new("c", "eth0").unwrap())
+        );
         assert!(!is_host_veth("nlzzzzzzzzzzz"));
         assert!(!is_host_veth("eth0"));
     }

@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::journal::{Txn, UndoStep};
+use crate::model::{
+    AttachmentKey, Drift, Endpoint, EndpointSpec, Network, NetworkSpec, Options, RouteSpec, Sandbox,
+};
 use crate::netlink::Netlink;
 use crate::netns::Netns;
 use crate::store::StateStore;
-use crate::model::{AttachmentKey, Drift, Endpoint, EndpointSpec, Network, NetworkSpec, Options, RouteSpec, Sandbox};
 
 /// One multi-step operation: its undo journal, the store, and where "the host" is.
 pub struct Op {
@@ -30,7 +32,12 @@ pub struct Op {
 
 impl Op {
     pub fn new(txn: Txn, store: Arc<dyn StateStore>, host_netns: Option<PathBuf>) -> Self {
-        Op { txn, store, host_netns, host_netlink: None }
+        Op {
+            txn,
+            store,
+            host_netns,
+            host_netlink: None,
+        }
     }
 
     /// Records how to undo the step the driver is about to take.
@@ -153,7 +160,13 @@ pub trait Driver: Send + Sync {
     fn delete_endpoint(&self, op: &mut Op, net: &Network, ep: &Endpoint) -> Result<()>;
 
     /// Attaches the endpoint to a sandbox and says which gateways and routes it gets.
-    fn join(&self, op: &mut Op, net: &Network, ep: &Endpoint, sandbox: &Sandbox) -> Result<JoinInfo>;
+    fn join(
+        &self,
+        op: &mut Op,
+        net: &Network,
+        ep: &Endpoint,
+        sandbox: &Sandbox,
+    ) -> Result<JoinInfo>;
 
     fn leave(&self, op: &mut Op, net: &Network, ep: &Endpoint) -> Result<()>;
 

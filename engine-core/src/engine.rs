@@ -19,7 +19,10 @@ use crate::error::{Error, Result, ResultExt};
 use crate::firewall::{EndpointRules, Firewaller, NetworkRules};
 use crate::ipam::{AddressRequest, Ipam, Release};
 use crate::journal::{self, CoreUndoer, Txn, UndoStep, Undoer};
-use crate::model::{AttachmentKey, Drift, Endpoint, EndpointSpec, Network, NetworkSpec, Placement, PortMapping, Sandbox};
+use crate::model::{
+    AttachmentKey, Drift, Endpoint, EndpointSpec, Network, NetworkSpec, Placement, PortMapping,
+    Sandbox,
+};
 use crate::store::{Expect, Key, StateStore, StateStoreExt};
 
 /// How long an operation waits for a network's lock before answering "busy, try again".
@@ -39,7 +42,10 @@ impl DriverRegistry {
     pub fn get(&self, name: &str) -> Result<Arc<dyn Driver>> {
         self.drivers.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = self.drivers.keys().map(String::as_str).collect();
-            Error::NotFound(format!("no network driver named {name:?} (known: {})", known.join(", ")))
+            Error::NotFound(format!(
+                "no network driver named {name:?} (known: {})",
+                known.join(", ")
+            ))
         })
     }
 
@@ -105,14 +111,20 @@ pub trait SandboxConfigurator: Send + Sync {
     /// Moves `iface.handoff.link` into the sandbox as `iface.ifname` with its addresses, the
     /// routes of `iface.join` and the link up; records undo steps in `op` before each change.
     /// Returns the interface's MAC address as it ended up in the sandbox.
-    fn configure(&self, op: &mut Op, sandbox: &Sandbox, iface: &SandboxInterface<'_>) -> Result<String>;
+    fn configure(
+        &self,
+        op: &mut Op,
+        sandbox: &Sandbox,
+        iface: &SandboxInterface<'_>,
+    ) -> Result<String>;
 
     /// Removes `ifname` from the sandbox if it is still there (idempotent; a missing namespace
     /// is fine).
     fn deconfigure(&self, sandbox: &Sandbox, ifname: &str) -> Result<()>;
 
     /// Compares the sandbox's interface with what it should be (present, up, addresses).
-    fn check(&self, sandbox: &Sandbox, ifname: &str, addresses: &[IpNetwork]) -> Result<Vec<Drift>>;
+    fn check(&self, sandbox: &Sandbox, ifname: &str, addresses: &[IpNetwork])
+        -> Result<Vec<Drift>>;
 }
 
 /// The engine. Cheap to clone; every method is synchronous (daemons call it from blocking
@@ -153,7 +165,14 @@ impl Engine {
         sandboxes: Arc<dyn SandboxConfigurator>,
         host_netns: Option<PathBuf>,
     ) -> Self {
-        Engine { store, ipam, drivers, firewall, sandboxes, host_netns }
+        Engine {
+            store,
+            ipam,
+            drivers,
+            firewall,
+            sandboxes,
+            host_netns,
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn StateStore> {
@@ -169,7 +188,10 @@ impl Engine {
     }
 
     fn undoer(&self) -> Arc<dyn Undoer> {
-        let next: Arc<dyn Undoer> = Arc::new(EngineUndoer { ipam: self.ipam.clone(), firewall: self.firewall.clone() });
+        let next: Arc<dyn Undoer> = Arc::new(EngineUndoer {
+            ipam: self.ipam.clone(),
+            firewall: self.firewall.clone(),
+        });
         Arc::new(CoreUndoer::new(self.store.clone(), Some(next)))
     }
 
@@ -193,17 +215,30 @@ impl Engine {
     // ------------------------------------------------------------ networks
 
     pub fn get_network(&self, id: &str) -> Result<Option<Network>> {
-        Ok(self.store.get_json::<Network>(&network_key(id))?.map(|(_, n)| n))
+        Ok(self
+            .store
+            .get_json::<Network>(&network_key(id))?
+            .map(|(_, n)| n))
     }
 
     pub fn list_networks(&self) -> Result<Vec<Network>> {
-        Ok(self.store.list_json::<Network>(&Key::new(["networks"]))?.into_iter().map(|(_, _, n)| n).collect())
+        Ok(self
+            .store
+            .list_json::<Network>(&Key::new(["networks"]))?
+            .into_iter()
+            .map(|(_, _, n)| n)
+            .collect())
     }
 
     /// Creates a network, or returns it unchanged if one with this id and the same spec exists
     /// (CNI runtimes "create" on every ADD). `overlap` says whether its subnets may overlap
     /// other networks' (CNI: yes, networks are independent by name; Docker: no).
-    pub fn ensure_network(&self, id: &str, spec: &NetworkSpec, overlap: OverlapPolicy) -> Result<Network> {
+    pub fn ensure_network(
+        &self,
+        id: &str,
+        spec: &NetworkSpec,
+        overlap: OverlapPolicy,
+    ) -> Result<Network> {
         crate::model::validate_network_name(id)?;
         let driver = self.drivers.get(&spec.driver)?;
         let options = driver.validate(spec)?;
@@ -235,7 +270,9 @@ impl Engine {
             }
         }
         let mut op = self.begin(&network_scope(id), format!("create network {id}"))?;
-        driver.create_network(&mut op, &wanted).with_context(|| format!("network {}", wanted.name))?;
+        driver
+            .create_network(&mut op, &wanted)
+            .with_context(|| format!("network {}", wanted.name))?;
         if let Some(fw) = &self.firewall {
             if let Some(rules) = network_rules(&wanted) {
                 op.record(UndoStep::Custom {
@@ -246,7 +283,10 @@ impl Engine {
             }
         }
         // The record goes in last: whoever sees it may rely on the bridge and rules existing.
-        op.record(UndoStep::RestoreKey { key: key.to_string(), value: previous.map(|v| v.value) })?;
+        op.record(UndoStep::RestoreKey {
+            key: key.to_string(),
+            value: previous.map(|v| v.value),
+        })?;
         self.store.put_json(&key, &wanted, Expect::Any)?;
         op.commit()?;
         Ok(wanted)
@@ -273,7 +313,9 @@ impl Engine {
 
     /// Deletes a network that has no endpoints left.
     pub fn delete_network(&self, id: &str) -> Result<()> {
-        let Some(net) = self.get_network(id)? else { return Ok(()) };
+        let Some(net) = self.get_network(id)? else {
+            return Ok(());
+        };
         let _lock = self.store.lock(&network_scope(id), LOCK_TIMEOUT)?;
         let eps = self.store.list(&endpoint_prefix(id))?;
         if !eps.is_empty() {
@@ -296,11 +338,19 @@ impl Engine {
     // ------------------------------------------------------------ endpoints
 
     pub fn get_endpoint(&self, network_id: &str, key: &AttachmentKey) -> Result<Option<Endpoint>> {
-        Ok(self.store.get_json::<Endpoint>(&endpoint_key(network_id, key))?.map(|(_, e)| e))
+        Ok(self
+            .store
+            .get_json::<Endpoint>(&endpoint_key(network_id, key))?
+            .map(|(_, e)| e))
     }
 
     pub fn list_endpoints(&self, network_id: &str) -> Result<Vec<Endpoint>> {
-        Ok(self.store.list_json::<Endpoint>(&endpoint_prefix(network_id))?.into_iter().map(|(_, _, e)| e).collect())
+        Ok(self
+            .store
+            .list_json::<Endpoint>(&endpoint_prefix(network_id))?
+            .into_iter()
+            .map(|(_, _, e)| e)
+            .collect())
     }
 
     /// Attaches a container: leases addresses, has the driver create the endpoint, configures
@@ -320,18 +370,33 @@ impl Engine {
                 join_addrs(&existing.addresses)
             )));
         }
-        let mut op = self.begin(&network_scope(&net.id), format!("attach {} to {}", req.key, net.name))?;
+        let mut op = self.begin(
+            &network_scope(&net.id),
+            format!("attach {} to {}", req.key, net.name),
+        )?;
         let owner = req.key.owner();
         let mut addresses = Vec::new();
         for pool_id in pool_ids(&net) {
             // A static address picks the pool whose subnets contain it.
             let wanted = req.static_addresses.iter().copied().find(|a| {
-                net.subnets.iter().any(|s| s.pool_id == pool_id && s.subnet.contains(*a))
+                net.subnets
+                    .iter()
+                    .any(|s| s.pool_id == pool_id && s.subnet.contains(*a))
             });
-            op.record(UndoStep::ReleaseAddress { pool_id: pool_id.clone(), owner: owner.clone(), address: wanted })?;
+            op.record(UndoStep::ReleaseAddress {
+                pool_id: pool_id.clone(),
+                owner: owner.clone(),
+                address: wanted,
+            })?;
             let lease = self
                 .ipam
-                .request_address(&pool_id, &AddressRequest { owner: owner.clone(), address: wanted })
+                .request_address(
+                    &pool_id,
+                    &AddressRequest {
+                        owner: owner.clone(),
+                        address: wanted,
+                    },
+                )
                 .with_context(|| format!("network {}", net.name))?;
             addresses.push(lease.address);
         }
@@ -340,7 +405,11 @@ impl Engine {
                 return Err(Error::InvalidConfig(format!(
                     "requested address {a} is in no subnet of network {} ({})",
                     net.name,
-                    net.subnets.iter().map(|s| s.subnet.to_string()).collect::<Vec<_>>().join(", ")
+                    net.subnets
+                        .iter()
+                        .map(|s| s.subnet.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
@@ -353,9 +422,10 @@ impl Engine {
             ports: req.ports.clone(),
             options: req.options.clone(),
             placement: match &req.sandbox {
-                SandboxSetup::Configure(sb) => {
-                    Some(Placement { netns_path: sb.netns_path.clone(), ifname: req.key.ifname.clone() })
-                }
+                SandboxSetup::Configure(sb) => Some(Placement {
+                    netns_path: sb.netns_path.clone(),
+                    ifname: req.key.ifname.clone(),
+                }),
                 SandboxSetup::Runtime => None,
             },
         };
@@ -393,25 +463,45 @@ impl Engine {
         };
         if let (Some(fw), Some(rules)) = (&self.firewall, network_rules(&net)) {
             let ep_rules = endpoint_rules(&net, &endpoint);
-            op.record(UndoStep::Custom { kind: "firewall-endpoint".into(), data: serde_json::to_value((&rules, &ep_rules)).map_err(|e| Error::json("encode firewall undo", e))? })?;
+            op.record(UndoStep::Custom {
+                kind: "firewall-endpoint".into(),
+                data: serde_json::to_value((&rules, &ep_rules))
+                    .map_err(|e| Error::json("encode firewall undo", e))?,
+            })?;
             fw.add_endpoint(&rules, &ep_rules)?;
         }
         endpoint.sandbox = sandbox;
         let key = endpoint_key(&net.id, &req.key);
-        op.record(UndoStep::RestoreKey { key: key.to_string(), value: None })?;
+        op.record(UndoStep::RestoreKey {
+            key: key.to_string(),
+            value: None,
+        })?;
         self.store.put_json(&key, &endpoint, Expect::Absent)?;
         op.commit()?;
-        Ok(Attachment { network: net, endpoint, handoff, join })
+        Ok(Attachment {
+            network: net,
+            endpoint,
+            handoff,
+            join,
+        })
     }
 
     /// Docker's Join: the endpoint exists; attach it to a sandbox the runtime will configure.
-    pub fn join(&self, network_id: &str, key: &AttachmentKey, sandbox: &Sandbox) -> Result<JoinInfo> {
+    pub fn join(
+        &self,
+        network_id: &str,
+        key: &AttachmentKey,
+        sandbox: &Sandbox,
+    ) -> Result<JoinInfo> {
         let net = self
             .get_network(network_id)?
             .ok_or_else(|| Error::NotFound(format!("network {network_id} does not exist")))?;
-        let ep = self
-            .get_endpoint(network_id, key)?
-            .ok_or_else(|| Error::NotFound(format!("endpoint {key} does not exist on network {}", net.name)))?;
+        let ep = self.get_endpoint(network_id, key)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "endpoint {key} does not exist on network {}",
+                net.name
+            ))
+        })?;
         let driver = self.drivers.get(&net.driver)?;
         let mut op = self.begin(&network_scope(network_id), format!("join {key}"))?;
         let info = driver.join(&mut op, &net, &ep, sandbox)?;
@@ -421,12 +511,24 @@ impl Engine {
 
     /// Detaches a container. Idempotent, and works when the sandbox is gone or the endpoint was
     /// never stored (a failed ADD): leases, links and firewall entries are removed by owner.
-    pub fn detach(&self, network_id: &str, key: &AttachmentKey, sandbox: Option<&Sandbox>) -> Result<()> {
-        let Some(net) = self.get_network(network_id)? else { return Ok(()) };
+    pub fn detach(
+        &self,
+        network_id: &str,
+        key: &AttachmentKey,
+        sandbox: Option<&Sandbox>,
+    ) -> Result<()> {
+        let Some(net) = self.get_network(network_id)? else {
+            return Ok(());
+        };
         let driver = self.drivers.get(&net.driver)?;
         let stored = self.get_endpoint(network_id, key)?;
-        let op_sandbox = sandbox.cloned().or_else(|| stored.as_ref().and_then(|e| e.sandbox.clone()));
-        let mut op = self.begin(&network_scope(network_id), format!("detach {key} from {}", net.name))?;
+        let op_sandbox = sandbox
+            .cloned()
+            .or_else(|| stored.as_ref().and_then(|e| e.sandbox.clone()));
+        let mut op = self.begin(
+            &network_scope(network_id),
+            format!("detach {key} from {}", net.name),
+        )?;
         let ep = stored.clone().unwrap_or_else(|| Endpoint {
             network_id: network_id.to_string(),
             key: key.clone(),
@@ -457,12 +559,16 @@ impl Engine {
             }
         }
         for pool_id in pool_ids(&net) {
-            if let Err(e) = self.ipam.release_address(&pool_id, &Release::Owner(key.owner())) {
+            if let Err(e) = self
+                .ipam
+                .release_address(&pool_id, &Release::Owner(key.owner()))
+            {
                 errors.push(e);
             }
         }
         if errors.is_empty() {
-            self.store.delete(&endpoint_key(network_id, key), Expect::Any)?;
+            self.store
+                .delete(&endpoint_key(network_id, key), Expect::Any)?;
             op.commit()
         } else {
             // Keep the endpoint record so a repeated DEL retries; nothing to undo.
@@ -478,9 +584,12 @@ impl Engine {
         let net = self
             .get_network(network_id)?
             .ok_or_else(|| Error::NotFound(format!("network {network_id} does not exist")))?;
-        let ep = self
-            .get_endpoint(network_id, key)?
-            .ok_or_else(|| Error::NotFound(format!("container {} has no interface {} on network {}", key.container_id, key.ifname, net.name)))?;
+        let ep = self.get_endpoint(network_id, key)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "container {} has no interface {} on network {}",
+                key.container_id, key.ifname, net.name
+            ))
+        })?;
         let driver = self.drivers.get(&net.driver)?;
         let host = match &self.host_netns {
             None => crate::netlink::Netlink::connect()?,
@@ -498,7 +607,9 @@ impl Engine {
 
     /// Removes every attachment of the network not in `live`; continues past errors.
     pub fn gc(&self, network_id: &str, live: &[AttachmentKey]) -> Result<Vec<Error>> {
-        let Some(net) = self.get_network(network_id)? else { return Ok(Vec::new()) };
+        let Some(net) = self.get_network(network_id)? else {
+            return Ok(Vec::new());
+        };
         let mut errors = Vec::new();
         for ep in self.list_endpoints(network_id)? {
             if !live.contains(&ep.key) {
@@ -542,7 +653,10 @@ fn shares_pool(a: &crate::model::SubnetConfig, b: &crate::model::SubnetConfig) -
 }
 
 fn join_addrs(a: &[IpNetwork]) -> String {
-    a.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    a.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The firewall's view of a network; None for networks with no host-side interface to filter on
@@ -580,16 +694,23 @@ struct EngineUndoer {
 impl Undoer for EngineUndoer {
     fn undo(&self, step: &UndoStep) -> Result<()> {
         match step {
-            UndoStep::ReleaseAddress { pool_id, owner, .. } => {
-                self.ipam.release_address(pool_id, &Release::Owner(owner.clone()))
-            }
+            UndoStep::ReleaseAddress { pool_id, owner, .. } => self
+                .ipam
+                .release_address(pool_id, &Release::Owner(owner.clone())),
             UndoStep::Custom { kind, data } if kind == "firewall-network" => {
-                let Some(fw) = &self.firewall else { return Ok(()) };
-                let id = data.get("network_id").and_then(|v| v.as_str()).unwrap_or_default();
+                let Some(fw) = &self.firewall else {
+                    return Ok(());
+                };
+                let id = data
+                    .get("network_id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default();
                 fw.teardown_network(id)
             }
             UndoStep::Custom { kind, data } if kind == "firewall-endpoint" => {
-                let Some(fw) = &self.firewall else { return Ok(()) };
+                let Some(fw) = &self.firewall else {
+                    return Ok(());
+                };
                 let (net, ep): (NetworkRules, EndpointRules) = serde_json::from_value(data.clone())
                     .map_err(|e| Error::json("decode firewall undo step", e))?;
                 fw.del_endpoint(&net, &ep)

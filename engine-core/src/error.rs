@@ -123,20 +123,32 @@ impl Error {
     }
 
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn kernel(context: impl Into<String>, source: nix::Error) -> Self {
-        Error::Kernel { context: context.into(), source }
+        Error::Kernel {
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
-        Error::Json { context: context.into(), source }
+        Error::Json {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Wraps the error with what we were doing, keeping its kind.
     pub fn context(self, context: impl Into<String>) -> Self {
-        Error::Context { context: context.into(), source: Box::new(self) }
+        Error::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
     }
 
     /// The whole chain, outermost first, one cause per element.
@@ -193,7 +205,9 @@ mod tests {
         assert_eq!(e.errno(), Some(libc::EEXIST));
         assert_eq!(e.chain()[0], "network web");
         assert_eq!(e.chain()[1], "endpoint abc");
-        assert!(e.to_string().starts_with("network web: endpoint abc: create veth"));
+        assert!(e
+            .to_string()
+            .starts_with("network web: endpoint abc: create veth"));
     }
 
     #[test]

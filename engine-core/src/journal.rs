@@ -30,35 +30,60 @@ use crate::store::{Expect, Key, LockGuard, PutOutcome, StateStore, StateStoreExt
 #[serde(tag = "undo", rename_all = "snake_case")]
 pub enum UndoStep {
     /// Delete a link (veth, bridge, macvlan…) in a namespace (None = the host's).
-    DeleteLink { netns: Option<PathBuf>, name: String },
+    DeleteLink {
+        netns: Option<PathBuf>,
+        name: String,
+    },
     /// Remove an address from a link.
-    DeleteAddress { netns: Option<PathBuf>, link: String, address: IpNetwork },
+    DeleteAddress {
+        netns: Option<PathBuf>,
+        link: String,
+        address: IpNetwork,
+    },
     /// Put a state entry back as it was (`None` = delete it).
     RestoreKey { key: String, value: Option<Vec<u8>> },
     /// Release an IPAM lease.
-    ReleaseAddress { pool_id: String, owner: String, address: Option<IpAddr> },
+    ReleaseAddress {
+        pool_id: String,
+        owner: String,
+        address: Option<IpAddr>,
+    },
     /// Anything a crate outside engine-core knows how to undo (firewall entries, …),
     /// dispatched by `kind`.
-    Custom { kind: String, data: serde_json::Value },
+    Custom {
+        kind: String,
+        data: serde_json::Value,
+    },
 }
 
 impl fmt::Display for UndoStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UndoStep::DeleteLink { netns, name } => write!(f, "delete link {name}{}", in_ns(netns)),
-            UndoStep::DeleteAddress { netns, link, address } => {
+            UndoStep::DeleteAddress {
+                netns,
+                link,
+                address,
+            } => {
                 write!(f, "delete address {address} from {link}{}", in_ns(netns))
             }
             UndoStep::RestoreKey { key, value: None } => write!(f, "delete state entry {key}"),
-            UndoStep::RestoreKey { key, value: Some(_) } => write!(f, "restore state entry {key}"),
-            UndoStep::ReleaseAddress { pool_id, owner, .. } => write!(f, "release lease of {owner} in pool {pool_id}"),
+            UndoStep::RestoreKey {
+                key,
+                value: Some(_),
+            } => write!(f, "restore state entry {key}"),
+            UndoStep::ReleaseAddress { pool_id, owner, .. } => {
+                write!(f, "release lease of {owner} in pool {pool_id}")
+            }
             UndoStep::Custom { kind, .. } => write!(f, "undo {kind}"),
         }
     }
 }
 
 fn in_ns(ns: &Option<PathBuf>) -> String {
-    ns.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default()
+    ns.as_ref()
+        .map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default()
 }
 
 /// Carries out undo steps. engine-core's [`CoreUndoer`] handles links, addresses and state keys;
@@ -120,9 +145,20 @@ impl Txn {
         };
         let version = match store.put_json(&record_key(scope, &id), &record, Expect::Absent)? {
             PutOutcome::Written(v) => v,
-            PutOutcome::Mismatch(_) => return Err(Error::Internal(format!("journal record {id} already exists"))),
+            PutOutcome::Mismatch(_) => {
+                return Err(Error::Internal(format!(
+                    "journal record {id} already exists"
+                )))
+            }
         };
-        Ok(Txn { store, undoer, record, version, _alive: alive, done: false })
+        Ok(Txn {
+            store,
+            undoer,
+            record,
+            version,
+            _alive: alive,
+            done: false,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -133,7 +169,10 @@ impl Txn {
     pub fn record(&mut self, step: UndoStep) -> Result<()> {
         self.record.steps.push(step);
         let key = record_key(&self.record.scope, &self.record.id);
-        match self.store.put_json(&key, &self.record, Expect::Version(self.version))? {
+        match self
+            .store
+            .put_json(&key, &self.record, Expect::Version(self.version))?
+        {
             PutOutcome::Written(v) => {
                 self.version = v;
                 Ok(())
@@ -157,7 +196,10 @@ impl Txn {
     pub fn commit(mut self) -> Result<()> {
         self.done = true;
         self.store
-            .delete(&record_key(&self.record.scope, &self.record.id), Expect::Any)
+            .delete(
+                &record_key(&self.record.scope, &self.record.id),
+                Expect::Any,
+            )
             .map(|_| ())
     }
 
@@ -239,11 +281,15 @@ fn recover_prefix(store: &dyn StateStore, undoer: &dyn Undoer, prefix: &Key) -> 
     let mut out = Recovery::default();
     for (key, _version, record) in store.list_json::<Record>(prefix)? {
         // Still running somewhere (this process or another): not ours to touch.
-        let Some(_guard) = store.try_lock(&lock_name(&record.id))? else { continue };
+        let Some(_guard) = store.try_lock(&lock_name(&record.id))? else {
+            continue;
+        };
         // The owner may have committed (deleting the record, then releasing the lock) between
         // our listing and our lock: only a record that is still there once we hold its lock
         // belongs to a dead process. Re-read it, too: its steps may have grown since the list.
-        let Some((_, record)) = store.get_json::<Record>(&key)? else { continue };
+        let Some((_, record)) = store.get_json::<Record>(&key)? else {
+            continue;
+        };
         tracing::info!(journal = %record.id, operation = %record.operation, pid = record.pid,
             steps = record.steps.len(), "rolling back an operation whose process died");
         let errors = undo_all(undoer, &record.steps);
@@ -256,13 +302,24 @@ fn recover_prefix(store: &dyn StateStore, undoer: &dyn Undoer, prefix: &Key) -> 
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn new_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{}-{:x}-{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Undoes the step kinds engine-core itself knows: links, addresses and state entries. Steps it
@@ -276,19 +333,23 @@ impl CoreUndoer {
     pub fn new(store: Arc<dyn StateStore>, next: Option<Arc<dyn Undoer>>) -> Self {
         CoreUndoer { store, next }
     }
-
 }
 
 impl Undoer for CoreUndoer {
     fn undo(&self, step: &UndoStep) -> Result<()> {
         match step {
-            UndoStep::DeleteLink { netns, name } => kernel_undo::delete_link(netns.as_deref(), name),
-            UndoStep::DeleteAddress { netns, link, address } => {
-                kernel_undo::delete_address(netns.as_deref(), link, *address)
+            UndoStep::DeleteLink { netns, name } => {
+                kernel_undo::delete_link(netns.as_deref(), name)
             }
+            UndoStep::DeleteAddress {
+                netns,
+                link,
+                address,
+            } => kernel_undo::delete_address(netns.as_deref(), link, *address),
             UndoStep::RestoreKey { key, value } => {
-                let key = Key::from_escaped(key)
-                    .ok_or_else(|| Error::Internal(format!("journal names an invalid key {key:?}")))?;
+                let key = Key::from_escaped(key).ok_or_else(|| {
+                    Error::Internal(format!("journal names an invalid key {key:?}"))
+                })?;
                 match value {
                     None => self.store.delete(&key, Expect::Any).map(|_| ()),
                     Some(v) => self.store.put(&key, v, Expect::Any).map(|_| ()),
@@ -296,7 +357,9 @@ impl Undoer for CoreUndoer {
             }
             other => match &self.next {
                 Some(next) => next.undo(other),
-                None => Err(Error::Unsupported(format!("no undoer registered for step: {other}"))),
+                None => Err(Error::Unsupported(format!(
+                    "no undoer registered for step: {other}"
+                ))),
             },
         }
     }
@@ -368,7 +431,10 @@ mod tests {
     }
 
     fn custom(kind: &str) -> UndoStep {
-        UndoStep::Custom { kind: kind.into(), data: serde_json::Value::Null }
+        UndoStep::Custom {
+            kind: kind.into(),
+            data: serde_json::Value::Null,
+        }
     }
 
     #[test]
@@ -418,7 +484,8 @@ mod tests {
             started_unix_ms: 0,
             steps: vec![custom("a"), custom("b")],
         };
-        s.put_json(&record_key("network/c", "dead-1"), &dead, Expect::Absent).unwrap();
+        s.put_json(&record_key("network/c", "dead-1"), &dead, Expect::Absent)
+            .unwrap();
         let r = recover(s.as_ref(), u.as_ref(), "network/c").unwrap();
         assert_eq!(r.rolled_back.len(), 1);
         assert_eq!(*u.0.lock().unwrap(), vec!["undo b", "undo a"]);
@@ -450,9 +517,17 @@ mod tests {
         let core = CoreUndoer::new(s.clone(), None);
         let k = Key::new(["networks", "n1"]);
         s.put(&k, b"new", Expect::Any).unwrap();
-        core.undo(&UndoStep::RestoreKey { key: k.to_string(), value: Some(b"old".to_vec()) }).unwrap();
+        core.undo(&UndoStep::RestoreKey {
+            key: k.to_string(),
+            value: Some(b"old".to_vec()),
+        })
+        .unwrap();
         assert_eq!(s.get(&k).unwrap().unwrap().value, b"old");
-        core.undo(&UndoStep::RestoreKey { key: k.to_string(), value: None }).unwrap();
+        core.undo(&UndoStep::RestoreKey {
+            key: k.to_string(),
+            value: None,
+        })
+        .unwrap();
         assert!(s.get(&k).unwrap().is_none());
         let err = core.undo(&custom("x")).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Unsupported);

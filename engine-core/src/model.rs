@@ -26,7 +26,10 @@ pub struct AttachmentKey {
 impl AttachmentKey {
     /// Builds a key, checking both parts with the CNI rules (which Docker ids also satisfy).
     pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Result<Self> {
-        let k = AttachmentKey { container_id: container_id.into(), ifname: ifname.into() };
+        let k = AttachmentKey {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        };
         validate_container_id(&k.container_id)?;
         validate_ifname(&k.ifname)?;
         Ok(k)
@@ -64,7 +67,9 @@ pub fn validate_ifname(name: &str) -> Result<()> {
         || name.len() > 15
         || name == "."
         || name == ".."
-        || name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
     if bad {
         Err(Error::InvalidConfig(format!(
             "interface name {name:?} is invalid: use 1 to 15 characters without '/', ':' or spaces"
@@ -169,7 +174,9 @@ impl std::str::FromStr for Proto {
             "tcp" | "" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             "sctp" => Ok(Proto::Sctp),
-            _ => Err(Error::InvalidConfig(format!("protocol {s:?} is not one of tcp, udp, sctp"))),
+            _ => Err(Error::InvalidConfig(format!(
+                "protocol {s:?} is not one of tcp, udp, sctp"
+            ))),
         }
     }
 }
@@ -199,7 +206,12 @@ pub struct PortMapping {
 
 impl PortMapping {
     /// A mapping, checking that the range is well-formed.
-    pub fn new(proto: Proto, host_ip: Option<IpAddr>, host: (u16, u16), container_port: u16) -> Result<Self> {
+    pub fn new(
+        proto: Proto,
+        host_ip: Option<IpAddr>,
+        host: (u16, u16),
+        container_port: u16,
+    ) -> Result<Self> {
         let (start, end) = host;
         if start == 0 || container_port == 0 || end < start {
             return Err(Error::InvalidConfig(format!(
@@ -212,7 +224,13 @@ impl PortMapping {
                 "port mapping {start}-{end}:{container_port}/{proto}: the container range would pass port 65535"
             )));
         }
-        Ok(PortMapping { proto, host_ip, host_port: start, host_port_end: end, container_port })
+        Ok(PortMapping {
+            proto,
+            host_ip,
+            host_port: start,
+            host_port_end: end,
+            container_port,
+        })
     }
 
     pub fn len(&self) -> u32 {

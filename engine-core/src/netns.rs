@@ -44,15 +44,20 @@ impl Netns {
                 Error::io(context, e)
             }
         })?;
-        let ns = Netns { file, path: path.to_path_buf(), owned_mount: None };
+        let ns = Netns {
+            file,
+            path: path.to_path_buf(),
+            owned_mount: None,
+        };
         ns.ensure_is_netns()?;
         Ok(ns)
     }
 
     /// Opens `/run/netns/<name>`.
     pub fn open_name(name: &str) -> Result<Self> {
-        crate::model::validate_network_name(name)
-            .map_err(|_| Error::InvalidConfig(format!("netns name {name:?} is not a valid name")))?;
+        crate::model::validate_network_name(name).map_err(|_| {
+            Error::InvalidConfig(format!("netns name {name:?} is not a valid name"))
+        })?;
         Self::open(Path::new(NETNS_RUN_DIR).join(name))
     }
 
@@ -74,14 +79,22 @@ impl Netns {
 
     /// Like [`Netns::create_named`] under another directory.
     pub fn create_at(dir: &Path, name: &str) -> Result<Self> {
-        crate::model::validate_network_name(name)
-            .map_err(|_| Error::InvalidConfig(format!("netns name {name:?} is not a valid name")))?;
+        crate::model::validate_network_name(name).map_err(|_| {
+            Error::InvalidConfig(format!("netns name {name:?} is not a valid name"))
+        })?;
         ensure_shared_run_dir(dir)?;
         let target = dir.join(name);
-        match fs::OpenOptions::new().write(true).create_new(true).open(&target) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+        {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::Conflict(format!("network namespace {} already exists", target.display())))
+                return Err(Error::Conflict(format!(
+                    "network namespace {} already exists",
+                    target.display()
+                )))
             }
             Err(e) => return Err(Error::io(format!("create {}", target.display()), e)),
         }
@@ -90,9 +103,16 @@ impl Netns {
         // bind mount keeps it alive after the thread exits.
         let made = std::thread::spawn(move || -> Result<()> {
             #[allow(clippy::disallowed_methods)]
-            nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::kernel("unshare(CLONE_NEWNET)", e))?;
-            mount(Some("/proc/thread-self/ns/net"), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| Error::kernel(format!("bind-mount namespace on {}", t.display()), e))
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::kernel("unshare(CLONE_NEWNET)", e))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &t,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| Error::kernel(format!("bind-mount namespace on {}", t.display()), e))
         })
         .join()
         .map_err(|_| Error::Internal("namespace creation thread panicked".into()))
@@ -152,7 +172,12 @@ impl Netns {
                 Ok(f())
             })
             .join()
-            .map_err(|_| Error::Internal(format!("code running in namespace {} panicked", self.path.display())))?
+            .map_err(|_| {
+                Error::Internal(format!(
+                    "code running in namespace {} panicked",
+                    self.path.display()
+                ))
+            })?
         })
     }
 
@@ -184,7 +209,10 @@ impl Netns {
         if t == libc::CLONE_NEWNET {
             Ok(())
         } else {
-            Err(Error::InvalidConfig(format!("{} is not a network namespace", self.path.display())))
+            Err(Error::InvalidConfig(format!(
+                "{} is not a network namespace",
+                self.path.display()
+            )))
         }
     }
 }
@@ -232,8 +260,14 @@ fn ensure_shared_run_dir(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(nix::Error::EINVAL) => {
             // Not a mount point yet: bind it onto itself first.
-            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| Error::kernel(format!("bind-mount {}", dir.display()), e))?;
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| Error::kernel(format!("bind-mount {}", dir.display()), e))?;
             mount(None::<&str>, dir, None::<&str>, flags, None::<&str>)
                 .map_err(|e| Error::kernel(format!("make {} shared", dir.display()), e))
         }

@@ -56,14 +56,21 @@ pub struct Job {
 /// fight over one name.
 pub fn graveyard_name() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as u64;
-    let mix = nanos ^ (u64::from(std::process::id()) << 40) ^ (nanos >> 17).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0) as u64;
+    let mix = nanos
+        ^ (u64::from(std::process::id()) << 40)
+        ^ (nanos >> 17).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     format!("{GRAVEYARD_PREFIX}{:012x}", mix & 0xffff_ffff_ffff)
 }
 
 /// Whether a link name is in the graveyard.
 pub fn is_graveyard(name: &str) -> bool {
-    name.len() == 15 && name.starts_with(GRAVEYARD_PREFIX) && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
+    name.len() == 15
+        && name.starts_with(GRAVEYARD_PREFIX)
+        && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Deletes the job's links now; missing ones are fine.
@@ -105,11 +112,15 @@ fn spawn_process(job: &Job) -> Result<()> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| crate::Error::io("find own executable", e))?;
-    let spec = serde_json::to_string(job).map_err(|e| crate::Error::json("encode reaper job", e))?;
+    let spec =
+        serde_json::to_string(job).map_err(|e| crate::Error::json("encode reaper job", e))?;
     let mut cmd = Command::new(exe);
     // Detached: no inherited stdout (a runtime reads the plugin's stdout until EOF), its own
     // session so the runtime's process-group signals do not reach it.
-    cmd.env(REAP_ENV, spec).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.env(REAP_ENV, spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: setsid(2) is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -117,12 +128,16 @@ fn spawn_process(job: &Job) -> Result<()> {
             Ok(())
         });
     }
-    cmd.spawn().map(|_| ()).map_err(|e| crate::Error::io("start reaper process", e))
+    cmd.spawn()
+        .map(|_| ())
+        .map_err(|e| crate::Error::io("start reaper process", e))
 }
 
 /// For a binary's `main`: if this process was started as a reaper, do the job and exit.
 pub fn run_if_requested() {
-    let Ok(spec) = std::env::var(REAP_ENV) else { return };
+    let Ok(spec) = std::env::var(REAP_ENV) else {
+        return;
+    };
     let code = match serde_json::from_str::<Job>(&spec) {
         Ok(job) => match run_job(&job) {
             Ok(()) => 0,

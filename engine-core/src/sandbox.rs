@@ -10,18 +10,24 @@ use crate::engine::{SandboxConfigurator, SandboxInterface};
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::journal::UndoStep;
 use crate::model::{Drift, Sandbox};
-use ipnetwork::IpNetwork;
 use crate::netlink::{AddrOptions, Netlink, RouteSpec};
 use crate::netns::Netns;
+use ipnetwork::IpNetwork;
 
 /// The netlink implementation of [`SandboxConfigurator`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NetlinkSandboxes;
 
 impl SandboxConfigurator for NetlinkSandboxes {
-    fn configure(&self, op: &mut Op, sandbox: &Sandbox, iface: &SandboxInterface<'_>) -> Result<String> {
+    fn configure(
+        &self,
+        op: &mut Op,
+        sandbox: &Sandbox,
+        iface: &SandboxInterface<'_>,
+    ) -> Result<String> {
         let path = &sandbox.netns_path;
-        let ns = Netns::open(path).with_context(|| format!("container namespace {}", path.display()))?;
+        let ns =
+            Netns::open(path).with_context(|| format!("container namespace {}", path.display()))?;
         let inner = Netlink::in_netns(&ns)?;
         if !iface.handoff.placed {
             if inner.link_by_name(iface.ifname)?.is_some() {
@@ -32,15 +38,26 @@ impl SandboxConfigurator for NetlinkSandboxes {
                 )));
             }
             // Once moved, the link's only handle is its name in the container: record that first.
-            op.record(UndoStep::DeleteLink { netns: Some(path.clone()), name: iface.ifname.to_string() })?;
-            op.host()?.move_to_netns(iface.handoff.link.as_str(), &ns, Some(iface.ifname))?;
+            op.record(UndoStep::DeleteLink {
+                netns: Some(path.clone()),
+                name: iface.ifname.to_string(),
+            })?;
+            op.host()?
+                .move_to_netns(iface.handoff.link.as_str(), &ns, Some(iface.ifname))?;
             if let Some(mtu) = iface.mtu {
                 inner.set_mtu(iface.ifname, mtu)?;
             }
         }
         for a in iface.addresses {
             // No DAD wait: IPAM guarantees uniqueness, and DAD would delay the container by ~1 s.
-            inner.add_address(iface.ifname, *a, AddrOptions { nodad: true, ..Default::default() })?;
+            inner.add_address(
+                iface.ifname,
+                *a,
+                AddrOptions {
+                    nodad: true,
+                    ..Default::default()
+                },
+            )?;
         }
         inner.set_up(iface.ifname)?;
         let index = inner.link_index(iface.ifname)?;
@@ -49,7 +66,9 @@ impl SandboxConfigurator for NetlinkSandboxes {
             if let Some(gw) = r.gateway {
                 spec = spec.via(gw);
             }
-            inner.add_route(&spec).with_context(|| format!("route {} in {}", r.destination, path.display()))?;
+            inner
+                .add_route(&spec)
+                .with_context(|| format!("route {} in {}", r.destination, path.display()))?;
         }
         let mac = inner
             .link_by_index(index)?
@@ -59,16 +78,30 @@ impl SandboxConfigurator for NetlinkSandboxes {
         Ok(mac)
     }
 
-    fn check(&self, sandbox: &Sandbox, ifname: &str, addresses: &[IpNetwork]) -> Result<Vec<Drift>> {
+    fn check(
+        &self,
+        sandbox: &Sandbox,
+        ifname: &str,
+        addresses: &[IpNetwork],
+    ) -> Result<Vec<Drift>> {
         let subject = format!("interface {ifname} in {}", sandbox.netns_path.display());
-        let drift = |problem: String| vec![Drift { subject: subject.clone(), problem }];
+        let drift = |problem: String| {
+            vec![Drift {
+                subject: subject.clone(),
+                problem,
+            }]
+        };
         let ns = match Netns::open(&sandbox.netns_path) {
             Ok(ns) => ns,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(drift("the namespace is gone".into())),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Ok(drift("the namespace is gone".into()))
+            }
             Err(e) => return Err(e),
         };
         let nl = Netlink::in_netns(&ns)?;
-        let Some(link) = nl.link_by_name(ifname)? else { return Ok(drift("missing".into())) };
+        let Some(link) = nl.link_by_name(ifname)? else {
+            return Ok(drift("missing".into()));
+        };
         let mut out = Vec::new();
         if !link.is_up() {
             out.extend(drift("down".into()));
@@ -86,7 +119,9 @@ impl SandboxConfigurator for NetlinkSandboxes {
         let ns = match Netns::open(&sandbox.netns_path) {
             Ok(ns) => ns,
             // The runtime already removed the namespace, and the interface with it.
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidConfig) => return Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidConfig) => {
+                return Ok(())
+            }
             Err(e) => return Err(e),
         };
         let nl = Netlink::in_netns(&ns)?;
@@ -94,7 +129,8 @@ impl SandboxConfigurator for NetlinkSandboxes {
             None => Ok(()),
             // A veth goes with its host end, which the driver handed to the reaper; deleting
             // it here would make DEL wait for the kernel.
-            Some(l) if l.kind == Some(crate::netlink::LinkKind::Veth) => match nl.set_down(l.index) {
+            Some(l) if l.kind == Some(crate::netlink::LinkKind::Veth) => match nl.set_down(l.index)
+            {
                 // The reaper was quicker.
                 Err(e) if crate::netlink::is_not_found(&e) => Ok(()),
                 other => other,

@@ -288,7 +288,11 @@ impl StoreIpam {
         }
         // CNI networks are independent by name (host-local keeps a directory per network), so
         // their ranges may overlap; everyone else gets the overlap check.
-        let allow_overlap = req.options.get(engine_core::ipam::OPT_ALLOW_OVERLAP).map(String::as_str) == Some("true");
+        let allow_overlap = req
+            .options
+            .get(engine_core::ipam::OPT_ALLOW_OVERLAP)
+            .map(String::as_str)
+            == Some("true");
         for r in set.ranges().iter().filter(|_| !allow_overlap) {
             for other in &pools {
                 if let Some(s) = other.subnets().into_iter().find(|s| overlaps(s, &r.subnet)) {

@@ -30,7 +30,10 @@ impl Cap {
     /// under strict mode instead of being skipped. ipvlan, 802.1Q and dummy are absent from
     /// this kernel; their tests run in the QEMU kernel lane.
     pub fn expected_in_ci(self) -> bool {
-        !matches!(self, Cap::Ipvlan | Cap::Vlan | Cap::Dummy | Cap::Dockerd | Cap::Etcd)
+        !matches!(
+            self,
+            Cap::Ipvlan | Cap::Vlan | Cap::Dummy | Cap::Dockerd | Cap::Etcd
+        )
     }
 }
 
@@ -74,9 +77,17 @@ impl Caps {
     fn probe() -> Caps {
         let mut found = BTreeMap::new();
         let root = nix::unistd::geteuid().is_root();
-        found.insert(Cap::Root, if root { Ok(()) } else { Err("not running as root".to_string()) });
+        found.insert(
+            Cap::Root,
+            if root {
+                Ok(())
+            } else {
+                Err("not running as root".to_string())
+            },
+        );
         let ns = if root {
-            Netns::create_named(&crate::names::unique("probe")).map_err(|e| format!("cannot create a netns: {e}"))
+            Netns::create_named(&crate::names::unique("probe"))
+                .map_err(|e| format!("cannot create a netns: {e}"))
         } else {
             Err("needs root".to_string())
         };
@@ -101,14 +112,28 @@ impl Caps {
         };
         found.insert(Cap::Nftables, nft);
         let ipt = match &ns {
-            Ok(ns) => probe_cmd(ns, "iptables", &["-w", "-t", "filter", "-L", "FORWARD", "-n"]),
+            Ok(ns) => probe_cmd(
+                ns,
+                "iptables",
+                &["-w", "-t", "filter", "-L", "FORWARD", "-n"],
+            ),
             Err(e) => Err(e.clone()),
         };
         found.insert(Cap::Iptables, ipt);
         found.insert(Cap::Dockerd, which("dockerd"));
         found.insert(Cap::Etcd, which("etcd"));
         let refcni = std::path::Path::new("/usr/lib/cni/bridge").is_file();
-        found.insert(Cap::RefCni, if refcni { Ok(()) } else { Err("/usr/lib/cni/bridge missing (apt-get install containernetworking-plugins)".into()) });
+        found.insert(
+            Cap::RefCni,
+            if refcni {
+                Ok(())
+            } else {
+                Err(
+                    "/usr/lib/cni/bridge missing (apt-get install containernetworking-plugins)"
+                        .into(),
+                )
+            },
+        );
         Caps { found }
     }
 }
@@ -127,13 +152,19 @@ fn which(bin: &str) -> Result<(), String> {
 fn probe_cmd(ns: &Netns, bin: &str, args: &[&str]) -> Result<(), String> {
     which(bin)?;
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     ns.command(&mut cmd).map_err(|e| e.to_string())?;
     let out = cmd.output().map_err(|e| format!("{bin}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{bin} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "{bin} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -143,14 +174,18 @@ fn probe_link(ns: &Netns, kind: &str) -> Result<(), String> {
     let args: Vec<&str> = match kind {
         "veth" => vec!["link", "add", "p0", "type", "veth", "peer", "name", "p1"],
         "bridge" => vec!["link", "add", "pb", "type", "bridge"],
-        "vxlan" => vec!["link", "add", "pvx", "type", "vxlan", "id", "42", "dstport", "4789"],
+        "vxlan" => vec![
+            "link", "add", "pvx", "type", "vxlan", "id", "42", "dstport", "4789",
+        ],
         "macvlan" | "ipvlan" | "vlan" => {
             // They need a parent: a bridge works for all three.
             let _ = probe_cmd(ns, "ip", &["link", "add", "pparent", "type", "bridge"]);
             match kind {
                 "macvlan" => vec!["link", "add", "pmv", "link", "pparent", "type", "macvlan"],
                 "ipvlan" => vec!["link", "add", "piv", "link", "pparent", "type", "ipvlan"],
-                _ => vec!["link", "add", "pvl", "link", "pparent", "type", "vlan", "id", "5"],
+                _ => vec![
+                    "link", "add", "pvl", "link", "pparent", "type", "vlan", "id", "5",
+                ],
             }
         }
         "dummy" => vec!["link", "add", "pd", "type", "dummy"],

@@ -13,7 +13,10 @@ use crate::FakeHost;
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<test> → target/<profile>
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The path of one of our binaries; an error says how to build it.
@@ -22,7 +25,10 @@ pub fn our_bin(name: &str) -> Result<PathBuf, String> {
     if p.is_file() {
         Ok(p)
     } else {
-        Err(format!("{} is missing: run `cargo build --workspace` first (./test.sh does)", p.display()))
+        Err(format!(
+            "{} is missing: run `cargo build --workspace` first (./test.sh does)",
+            p.display()
+        ))
     }
 }
 
@@ -40,13 +46,17 @@ impl Outcome {
         if self.stdout.trim().is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_str(&self.stdout).map_err(|e| format!("stdout is not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .map_err(|e| format!("stdout is not JSON ({e}): {}", self.stdout))
     }
 
     /// Fails unless the call succeeded; returns the JSON.
     pub fn ok(&self) -> Result<Value, String> {
         if self.code != 0 {
-            return Err(format!("plugin failed (exit {}): {} {}", self.code, self.stdout, self.stderr));
+            return Err(format!(
+                "plugin failed (exit {}): {} {}",
+                self.code, self.stdout, self.stderr
+            ));
         }
         self.json()
     }
@@ -55,7 +65,10 @@ impl Outcome {
     pub fn err_code(&self, code: u64) -> Result<String, String> {
         let v = self.json()?;
         if self.code == 0 || v["code"].as_u64() != Some(code) {
-            return Err(format!("want error code {code}, got exit {} with {}", self.code, self.stdout));
+            return Err(format!(
+                "want error code {code}, got exit {} with {}",
+                self.code, self.stdout
+            ));
         }
         Ok(v["msg"].as_str().unwrap_or_default().to_string())
     }
@@ -72,23 +85,40 @@ pub struct Call<'a> {
 }
 
 /// Runs `plugin` inside `host` with `call`'s environment and `config` on stdin.
-pub fn run(host: &FakeHost, plugin: &Path, call: &Call<'_>, config: &Value) -> Result<Outcome, String> {
+pub fn run(
+    host: &FakeHost,
+    plugin: &Path,
+    call: &Call<'_>,
+    config: &Value,
+) -> Result<Outcome, String> {
     let mut cmd = host.command(plugin)?;
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container_id)
-        .env("CNI_NETNS", call.netns.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
+        .env(
+            "CNI_NETNS",
+            call.netns
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
         .env("CNI_IFNAME", call.ifname)
         .env("CNI_ARGS", call.args)
-        .env("CNI_PATH", bin_dir().to_string_lossy().into_owned() + ":/usr/lib/cni")
+        .env(
+            "CNI_PATH",
+            bin_dir().to_string_lossy().into_owned() + ":/usr/lib/cni",
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", plugin.display()))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", plugin.display()))?;
     let body = serde_json::to_vec(config).map_err(|e| e.to_string())?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&body).map_err(|e| format!("write stdin: {e}"))?;
+        stdin
+            .write_all(&body)
+            .map_err(|e| format!("write stdin: {e}"))?;
     }
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     Ok(Outcome {

@@ -23,7 +23,12 @@ impl FakeHost {
         let name = names::unique(tag);
         let ns = Netns::create_named(&name).map_err(|e| format!("create fake host {name}: {e}"))?;
         let state_dir = std::env::temp_dir().join(format!("{name}-state"));
-        let host = FakeHost { name, ns, containers: Vec::new(), state_dir };
+        let host = FakeHost {
+            name,
+            ns,
+            containers: Vec::new(),
+            state_dir,
+        };
         host.sh(&["ip", "link", "set", "lo", "up"])?;
         Ok(host)
     }
@@ -40,7 +45,8 @@ impl FakeHost {
     /// Creates a container namespace (loopback up) and returns its path.
     pub fn container(&mut self, tag: &str) -> Result<PathBuf, String> {
         let name = format!("{}-{tag}", self.name);
-        let ns = Netns::create_named(&name).map_err(|e| format!("create container netns {name}: {e}"))?;
+        let ns = Netns::create_named(&name)
+            .map_err(|e| format!("create container netns {name}: {e}"))?;
         run_in(&ns, &["ip", "link", "set", "lo", "up"])?;
         let path = ns.path().to_path_buf();
         self.containers.push(ns);

@@ -15,13 +15,20 @@ pub fn leftovers() -> Vec<String> {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(&prefix) {
                 found.push(format!("network namespace /run/netns/{name}"));
-                let _ = engine_core::netns::Netns::remove_named(std::path::Path::new("/run/netns"), &name);
+                let _ = engine_core::netns::Netns::remove_named(
+                    std::path::Path::new("/run/netns"),
+                    &name,
+                );
             }
         }
     }
     if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some(name) = line.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n)) {
+            if let Some(name) = line
+                .split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next().unwrap_or(n))
+            {
                 if name.starts_with("nlt") {
                     found.push(format!("link {name} in the root namespace"));
                     let _ = Command::new("ip").args(["link", "del", name]).status();

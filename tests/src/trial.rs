@@ -23,7 +23,8 @@ impl Suite {
     where
         F: FnOnce() -> Result<(), String> + Send + 'static,
     {
-        self.tests.push((name.to_string(), caps.to_vec(), Box::new(f)));
+        self.tests
+            .push((name.to_string(), caps.to_vec(), Box::new(f)));
         self
     }
 
@@ -38,7 +39,9 @@ impl Suite {
 
 /// Whether missing capabilities fail tests (CI) instead of skipping them.
 pub fn strict() -> bool {
-    std::env::var("NETLOOM_TEST_STRICT").map(|v| v == "1" || v == "true").unwrap_or(false)
+    std::env::var("NETLOOM_TEST_STRICT")
+        .map(|v| v == "1" || v == "true")
+        .unwrap_or(false)
 }
 
 /// Runs the suite: workers, probes, trials, then the leak sweep. Never returns.
@@ -68,11 +71,16 @@ pub fn run_main(suite: Suite) -> ! {
             .filter_map(|c| caps.missing(*c).map(|why| (c, why)))
             .map(|(c, why)| format!("{c:?} ({why})"))
             .collect();
-        let must_have = needs.iter().any(|c| caps.missing(*c).is_some() && c.expected_in_ci());
+        let must_have = needs
+            .iter()
+            .any(|c| caps.missing(*c).is_some() && c.expected_in_ci());
         if missing.is_empty() {
             trials.push(Trial::test(name, move || f().map_err(Failed::from)));
         } else if strict && must_have {
-            let msg = format!("NETLOOM_TEST_STRICT=1 and this machine lacks {}", missing.join(", "));
+            let msg = format!(
+                "NETLOOM_TEST_STRICT=1 and this machine lacks {}",
+                missing.join(", ")
+            );
             trials.push(Trial::test(name, move || Err(Failed::from(msg))));
         } else {
             let msg = format!("skipped: needs {}", missing.join(", "));

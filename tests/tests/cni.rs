@@ -13,17 +13,49 @@ const NET: &[Cap] = &[Cap::Root, Cap::Veth, Cap::Bridge];
 
 fn main() {
     let mut s = Suite::new();
-    s.test("cni::add_check_del_every_version", NET, add_check_del_every_version)
-        .test("cni::pod_to_pod_and_pod_to_outside", NET, pod_to_pod_and_outside)
-        .test("cni::dual_stack_ipv6", NET, dual_stack)
-        .test("cni::static_ip_and_mac_from_runtime", NET, static_ip_and_mac)
-        .test("cni::del_without_netns_still_cleans_up", NET, del_without_netns)
-        .test("cni::failed_add_leaves_nothing", NET, failed_add_leaves_nothing)
-        .test("cni::gc_removes_only_stale_attachments", NET, gc_stale)
-        .test("cni::parallel_50_add_del_no_duplicates_no_leaks", NET, parallel_50)
-        .test("cni::version_status_and_protocol_errors", &[Cap::Root], version_status_errors)
-        .test("cni::loopback_plugin", &[Cap::Root], loopback)
-        .test("cni::netloom_ipam_under_reference_bridge", &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::RefCni], ipam_under_reference_bridge);
+    s.test(
+        "cni::add_check_del_every_version",
+        NET,
+        add_check_del_every_version,
+    )
+    .test(
+        "cni::pod_to_pod_and_pod_to_outside",
+        NET,
+        pod_to_pod_and_outside,
+    )
+    .test("cni::dual_stack_ipv6", NET, dual_stack)
+    .test(
+        "cni::static_ip_and_mac_from_runtime",
+        NET,
+        static_ip_and_mac,
+    )
+    .test(
+        "cni::del_without_netns_still_cleans_up",
+        NET,
+        del_without_netns,
+    )
+    .test(
+        "cni::failed_add_leaves_nothing",
+        NET,
+        failed_add_leaves_nothing,
+    )
+    .test("cni::gc_removes_only_stale_attachments", NET, gc_stale)
+    .test(
+        "cni::parallel_50_add_del_no_duplicates_no_leaks",
+        NET,
+        parallel_50,
+    )
+    .test(
+        "cni::version_status_and_protocol_errors",
+        &[Cap::Root],
+        version_status_errors,
+    )
+    .test("cni::loopback_plugin", &[Cap::Root], loopback)
+    .test(
+        "cni::netloom_ipam_under_reference_bridge",
+        &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::RefCni],
+        ipam_under_reference_bridge,
+    );
     run_main(s)
 }
 
@@ -60,17 +92,36 @@ impl Net {
             "stateDir": host.state_dir(),
         });
         merge(&mut conf, extra);
-        Ok(Net { host, bridge, subnet, conf })
+        Ok(Net {
+            host,
+            bridge,
+            subnet,
+            conf,
+        })
     }
 
-    fn call(&self, command: &str, cid: &str, netns: Option<&Path>, ifname: &str) -> Result<tests::cni::Outcome, String> {
-        let call = Call { command, container_id: cid, netns, ifname, args: "IgnoreUnknown=1;K8S_POD_NAME=p" };
+    fn call(
+        &self,
+        command: &str,
+        cid: &str,
+        netns: Option<&Path>,
+        ifname: &str,
+    ) -> Result<tests::cni::Outcome, String> {
+        let call = Call {
+            command,
+            container_id: cid,
+            netns,
+            ifname,
+            args: "IgnoreUnknown=1;K8S_POD_NAME=p",
+        };
         run(&self.host, &our_bin("netloom-bridge")?, &call, &self.conf)
     }
 
     /// Host veths attached to the bridge.
     fn ports(&self) -> Result<usize, String> {
-        let out = self.host.sh_any(&["ip", "-o", "link", "show", "master", &self.bridge])?;
+        let out = self
+            .host
+            .sh_any(&["ip", "-o", "link", "show", "master", &self.bridge])?;
         Ok(String::from_utf8_lossy(&out.stdout).lines().count())
     }
 
@@ -111,7 +162,9 @@ fn merge(base: &mut Value, extra: Value) {
 }
 
 fn count_values(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| {
@@ -133,7 +186,9 @@ fn addrs_in(netns: &Path, ifname: &str) -> Result<String, String> {
 }
 
 fn ping(from: &Path, to: &str) -> Result<(), String> {
-    run_in_path(from, &["ping", "-c", "1", "-W", "2", to]).map(|_| ()).map_err(|e| format!("ping {to}: {e}"))
+    run_in_path(from, &["ping", "-c", "1", "-W", "2", to])
+        .map(|_| ())
+        .map_err(|e| format!("ping {to}: {e}"))
 }
 
 fn add_check_del_every_version() -> Result<(), String> {
@@ -141,46 +196,98 @@ fn add_check_del_every_version() -> Result<(), String> {
         let mut net = Net::new("ver", version, json!({}))?;
         let c = net.host.container("c")?;
         let r = net.call("ADD", "ctr1", Some(&c), "eth0")?.ok()?;
-        ensure(r["cniVersion"] == version, format!("{version}: result version {}", r["cniVersion"]))?;
+        ensure(
+            r["cniVersion"] == version,
+            format!("{version}: result version {}", r["cniVersion"]),
+        )?;
         let ip = &r["ips"][0];
-        let addr = ip["address"].as_str().ok_or(format!("{version}: no address in {r}"))?;
-        ensure(net.subnet.contains(addr.split('/').next().unwrap_or("").parse().map_err(|e| format!("{e}"))?), "address outside the subnet")?;
+        let addr = ip["address"]
+            .as_str()
+            .ok_or(format!("{version}: no address in {r}"))?;
+        ensure(
+            net.subnet.contains(
+                addr.split('/')
+                    .next()
+                    .unwrap_or("")
+                    .parse()
+                    .map_err(|e| format!("{e}"))?,
+            ),
+            "address outside the subnet",
+        )?;
         // Pre-1.0 results carry "version" per IP; 1.x results must not.
-        ensure((ip.get("version").is_some()) == version.starts_with("0."), format!("{version}: ips[].version wrong in {r}"))?;
-        ensure(r["ips"][0]["gateway"] == net.gateway(), format!("{version}: gateway {}", r["ips"][0]["gateway"]))?;
+        ensure(
+            (ip.get("version").is_some()) == version.starts_with("0."),
+            format!("{version}: ips[].version wrong in {r}"),
+        )?;
+        ensure(
+            r["ips"][0]["gateway"] == net.gateway(),
+            format!("{version}: gateway {}", r["ips"][0]["gateway"]),
+        )?;
         let ifaces = r["interfaces"].as_array().ok_or("no interfaces")?;
-        ensure(ifaces.len() == 3 && ifaces[2]["sandbox"] == c.to_string_lossy().as_ref(), format!("interfaces: {r}"))?;
-        ensure(addrs_in(&c, "eth0")?.contains(addr), "address not configured in the container")?;
+        ensure(
+            ifaces.len() == 3 && ifaces[2]["sandbox"] == c.to_string_lossy().as_ref(),
+            format!("interfaces: {r}"),
+        )?;
+        ensure(
+            addrs_in(&c, "eth0")?.contains(addr),
+            "address not configured in the container",
+        )?;
         ensure(net.ports()? == 1, "host veth not on the bridge")?;
         // host-local's on-disk view: <dataDir>/<network>/<ip> = "<container id>\r\n<ifname>".
         let ip_only = addr.split('/').next().unwrap_or_default();
-        let lease_file = net.host.state_dir().join("cni").join(net.conf["name"].as_str().unwrap_or_default()).join(ip_only);
-        let body = std::fs::read_to_string(&lease_file).map_err(|e| format!("{}: {e}", lease_file.display()))?;
-        ensure(body == "ctr1\r\neth0", format!("host-local lease file says {body:?}"))?;
+        let lease_file = net
+            .host
+            .state_dir()
+            .join("cni")
+            .join(net.conf["name"].as_str().unwrap_or_default())
+            .join(ip_only);
+        let body = std::fs::read_to_string(&lease_file)
+            .map_err(|e| format!("{}: {e}", lease_file.display()))?;
+        ensure(
+            body == "ctr1\r\neth0",
+            format!("host-local lease file says {body:?}"),
+        )?;
         if version != "0.3.0" && version != "0.3.1" {
             let mut conf = net.conf.clone();
             conf["prevResult"] = r.clone();
-            let check_call = Call { command: "CHECK", container_id: "ctr1", netns: Some(&c), ifname: "eth0", args: "" };
+            let check_call = Call {
+                command: "CHECK",
+                container_id: "ctr1",
+                netns: Some(&c),
+                ifname: "eth0",
+                args: "",
+            };
             run(&net.host, &our_bin("netloom-bridge")?, &check_call, &conf)?.ok()?;
             // Drift: take the veth off the bridge; CHECK must notice.
             let host_veth = ifaces[1]["name"].as_str().unwrap_or_default();
             net.host.sh(&["ip", "link", "set", host_veth, "nomaster"])?;
             let out = run(&net.host, &our_bin("netloom-bridge")?, &check_call, &conf)?;
             let msg = out.err_code(102)?;
-            ensure(msg.contains("not attached to bridge"), format!("CHECK message: {msg}"))?;
-            net.host.sh(&["ip", "link", "set", host_veth, "master", &net.bridge])?;
+            ensure(
+                msg.contains("not attached to bridge"),
+                format!("CHECK message: {msg}"),
+            )?;
+            net.host
+                .sh(&["ip", "link", "set", host_veth, "master", &net.bridge])?;
             run(&net.host, &our_bin("netloom-bridge")?, &check_call, &conf)?.ok()?;
             // Drift inside the container: its address flushed.
             run_in_path(&c, &["ip", "addr", "flush", "dev", "eth0"])?;
-            let msg = run(&net.host, &our_bin("netloom-bridge")?, &check_call, &conf)?.err_code(102)?;
+            let msg =
+                run(&net.host, &our_bin("netloom-bridge")?, &check_call, &conf)?.err_code(102)?;
             ensure(msg.contains("missing"), format!("CHECK message: {msg}"))?;
         }
         net.call("DEL", "ctr1", Some(&c), "eth0")?.ok()?;
         ensure(!lease_file.exists(), "host-local lease file left after DEL")?;
         ensure(net.ports()? == 0, "veth left after DEL")?;
         let left = net.graveyard()?;
-        ensure(left.is_empty(), format!("veths not deleted after DEL: {left:?}"))?;
-        ensure(run_in_path(&c, &["ip", "link", "show", "eth0"]).is_err(), "eth0 left in the container")?;
+        ensure(
+            left.is_empty(),
+            format!("veths not deleted after DEL: {left:?}"),
+        )?;
+        ensure(
+            run_in_path(&c, &["ip", "link", "show", "eth0"]).is_err(),
+            "eth0 left in the container",
+        )?;
         ensure(net.leases() == 0, "lease left after DEL")?;
         // DEL again succeeds (runtimes repeat it).
         net.call("DEL", "ctr1", Some(&c), "eth0")?.ok()?;
@@ -195,57 +302,116 @@ fn pod_to_pod_and_outside() -> Result<(), String> {
     let b = net.host.container("b")?;
     let ra = net.call("ADD", "pa", Some(&a), "eth0")?.ok()?;
     let rb = net.call("ADD", "pb", Some(&b), "eth0")?.ok()?;
-    let ip = |r: &Value| r["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
+    let ip = |r: &Value| {
+        r["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_default()
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
     ping(&a, &ip(&rb))?;
     ping(&b, &ip(&ra))?;
     ping(&a, &net.gateway())?;
     // An "outside" host on another link of the fake host, routed (no NAT needed for this).
     let out = net.host.container("out")?;
-    net.host.sh(&["ip", "link", "add", "uplink", "type", "veth", "peer", "name", "peer0"])?;
-    net.host.sh(&["ip", "link", "set", "peer0", "netns", &out.to_string_lossy()])?;
-    net.host.sh(&["ip", "addr", "add", "198.18.7.1/24", "dev", "uplink"])?;
+    net.host.sh(&[
+        "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "peer0",
+    ])?;
+    net.host.sh(&[
+        "ip",
+        "link",
+        "set",
+        "peer0",
+        "netns",
+        &out.to_string_lossy(),
+    ])?;
+    net.host
+        .sh(&["ip", "addr", "add", "198.18.7.1/24", "dev", "uplink"])?;
     net.host.sh(&["ip", "link", "set", "uplink", "up"])?;
-    run_in_path(&out, &["ip", "addr", "add", "198.18.7.2/24", "dev", "peer0"])?;
+    run_in_path(
+        &out,
+        &["ip", "addr", "add", "198.18.7.2/24", "dev", "peer0"],
+    )?;
     run_in_path(&out, &["ip", "link", "set", "peer0", "up"])?;
-    run_in_path(&out, &["ip", "route", "add", &net.subnet.to_string(), "via", "198.18.7.1"])?;
+    run_in_path(
+        &out,
+        &[
+            "ip",
+            "route",
+            "add",
+            &net.subnet.to_string(),
+            "via",
+            "198.18.7.1",
+        ],
+    )?;
     ping(&a, "198.18.7.2")?;
     net.call("DEL", "pa", Some(&a), "eth0")?.ok()?;
     net.call("DEL", "pb", Some(&b), "eth0")?.ok()?;
-    ensure(net.ports()? == 0 && net.leases() == 0, "leftovers after DEL")
+    ensure(
+        net.ports()? == 0 && net.leases() == 0,
+        "leftovers after DEL",
+    )
 }
 
 fn dual_stack() -> Result<(), String> {
     let v6 = names::subnet_v6();
     let mut net = Net::new("v6", "1.0.0", json!({}))?;
-    net.conf["ipam"]["ranges"] = json!([[{"subnet": net.subnet.to_string()}], [{"subnet": v6.to_string()}]]);
+    net.conf["ipam"]["ranges"] =
+        json!([[{"subnet": net.subnet.to_string()}], [{"subnet": v6.to_string()}]]);
     let a = net.host.container("a")?;
     let b = net.host.container("b")?;
     let ra = net.call("ADD", "a6", Some(&a), "eth0")?.ok()?;
     net.call("ADD", "b6", Some(&b), "eth0")?.ok()?;
     let ips = ra["ips"].as_array().ok_or("no ips")?;
-    ensure(ips.len() == 2, format!("want one v4 and one v6 address: {ra}"))?;
-    let a6 = ips.iter().filter_map(|i| i["address"].as_str()).find(|s| s.contains(':')).ok_or("no v6")?;
+    ensure(
+        ips.len() == 2,
+        format!("want one v4 and one v6 address: {ra}"),
+    )?;
+    let a6 = ips
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .find(|s| s.contains(':'))
+        .ok_or("no v6")?;
     let a6 = a6.split('/').next().unwrap_or_default();
-    run_in_path(&b, &["ping", "-6", "-c", "1", "-W", "2", a6]).map_err(|e| format!("v6 ping: {e}"))?;
+    run_in_path(&b, &["ping", "-6", "-c", "1", "-W", "2", a6])
+        .map_err(|e| format!("v6 ping: {e}"))?;
     let routes = run_in_path(&a, &["ip", "-6", "route", "show", "default"])?;
-    ensure(!routes.stdout.is_empty(), "no IPv6 default route in the container")?;
+    ensure(
+        !routes.stdout.is_empty(),
+        "no IPv6 default route in the container",
+    )?;
     net.call("DEL", "a6", Some(&a), "eth0")?.ok()?;
     net.call("DEL", "b6", Some(&b), "eth0")?.ok()?;
     ensure(net.leases() == 0, "v6 leases left")
 }
 
 fn static_ip_and_mac() -> Result<(), String> {
-    let mut net = Net::new("static", "1.0.0", json!({"capabilities": {"ips": true, "mac": true}}))?;
+    let mut net = Net::new(
+        "static",
+        "1.0.0",
+        json!({"capabilities": {"ips": true, "mac": true}}),
+    )?;
     let want = std::net::Ipv4Addr::from(u32::from(net.subnet.network()) + 77).to_string();
     net.conf["runtimeConfig"] = json!({"ips": [format!("{want}/24")], "mac": "02:42:ac:11:00:99"});
     let c = net.host.container("c")?;
     let r = net.call("ADD", "st", Some(&c), "eth0")?.ok()?;
-    ensure(r["ips"][0]["address"] == format!("{want}/24"), format!("static ip not honoured: {r}"))?;
-    ensure(r["interfaces"][2]["mac"] == "02:42:ac:11:00:99", format!("mac not honoured: {r}"))?;
+    ensure(
+        r["ips"][0]["address"] == format!("{want}/24"),
+        format!("static ip not honoured: {r}"),
+    )?;
+    ensure(
+        r["interfaces"][2]["mac"] == "02:42:ac:11:00:99",
+        format!("mac not honoured: {r}"),
+    )?;
     // The same address for another container is a conflict naming the holder.
     let c2 = net.host.container("c2")?;
     let msg = net.call("ADD", "st2", Some(&c2), "eth0")?.err_code(101)?;
-    ensure(msg.contains("st/eth0"), format!("conflict does not name the holder: {msg}"))?;
+    ensure(
+        msg.contains("st/eth0"),
+        format!("conflict does not name the holder: {msg}"),
+    )?;
     ensure(net.ports()? == 1, "failed ADD left a veth")?;
     net.call("DEL", "st", Some(&c), "eth0")?.ok()?;
     Ok(())
@@ -277,19 +443,37 @@ fn failed_add_leaves_nothing() -> Result<(), String> {
     net.call("ADD", "fa", Some(&a), "eth0")?.ok()?;
     let before = net.host.sh(&["ip", "-o", "link"])?.stdout;
     let msg = net.call("ADD", "fb", Some(&b), "eth0")?.err_code(100)?;
-    ensure(msg.contains("no free address"), format!("exhaustion message: {msg}"))?;
-    ensure(net.host.sh(&["ip", "-o", "link"])?.stdout == before, "failed ADD changed the host's links")?;
-    ensure(run_in_path(&b, &["ip", "link", "show", "eth0"]).is_err(), "failed ADD left eth0 in the container")?;
+    ensure(
+        msg.contains("no free address"),
+        format!("exhaustion message: {msg}"),
+    )?;
+    ensure(
+        net.host.sh(&["ip", "-o", "link"])?.stdout == before,
+        "failed ADD changed the host's links",
+    )?;
+    ensure(
+        run_in_path(&b, &["ip", "link", "show", "eth0"]).is_err(),
+        "failed ADD left eth0 in the container",
+    )?;
     ensure(net.leases() == 1, "failed ADD left a lease")?;
     // A netns that does not exist: clear error, nothing left.
     let missing = PathBuf::from("/run/netns").join(names::unique("nosuch"));
     let out = net.call("ADD", "fc", Some(&missing), "eth0")?;
     ensure(out.code != 0, "ADD into a missing netns succeeded")?;
-    ensure(net.leases() == 1 && net.ports()? == 1, "ADD into a missing netns left something")?;
+    ensure(
+        net.leases() == 1 && net.ports()? == 1,
+        "ADD into a missing netns left something",
+    )?;
     // A bad MTU is refused before anything is made.
     let mut bad = net.conf.clone();
     bad["mtu"] = json!(20);
-    let call = Call { command: "ADD", container_id: "fd", netns: Some(&b), ifname: "eth0", args: "" };
+    let call = Call {
+        command: "ADD",
+        container_id: "fd",
+        netns: Some(&b),
+        ifname: "eth0",
+        args: "",
+    };
     run(&net.host, &our_bin("netloom-bridge")?, &call, &bad)?.err_code(7)?;
     // The runtime's DEL after each failed ADD succeeds.
     for cid in ["fb", "fc", "fd"] {
@@ -312,11 +496,20 @@ fn gc_stale() -> Result<(), String> {
     net.call("ADD", "stale", Some(&b), "eth0")?.ok()?;
     let mut conf = net.conf.clone();
     conf["cni.dev/valid-attachments"] = json!([{"containerID": "live", "ifname": "eth0"}]);
-    let call = Call { command: "GC", ..Default::default() };
+    let call = Call {
+        command: "GC",
+        ..Default::default()
+    };
     run(&net.host, &our_bin("netloom-bridge")?, &call, &conf)?.ok()?;
-    ensure(net.ports()? == 1, format!("want 1 port after GC, have {}", net.ports()?))?;
+    ensure(
+        net.ports()? == 1,
+        format!("want 1 port after GC, have {}", net.ports()?),
+    )?;
     ensure(net.leases() == 1, "stale lease not collected")?;
-    ensure(addrs_in(&a, "eth0")?.contains("inet "), "GC broke the live attachment")?;
+    ensure(
+        addrs_in(&a, "eth0")?.contains("inet "),
+        "GC broke the live attachment",
+    )?;
     net.call("DEL", "live", Some(&a), "eth0")?.ok()?;
     net.conf = Value::Null;
     Ok(())
@@ -324,7 +517,9 @@ fn gc_stale() -> Result<(), String> {
 
 fn parallel_50() -> Result<(), String> {
     let mut net = Net::new("par", "1.0.0", json!({}))?;
-    let nss: Vec<PathBuf> = (0..50).map(|i| net.host.container(&format!("p{i}"))).collect::<Result<_, _>>()?;
+    let nss: Vec<PathBuf> = (0..50)
+        .map(|i| net.host.container(&format!("p{i}")))
+        .collect::<Result<_, _>>()?;
     let bin = our_bin("netloom-bridge")?;
     let adds: Vec<Result<Value, String>> = thread::scope(|s| {
         let hs: Vec<_> = nss
@@ -334,19 +529,35 @@ fn parallel_50() -> Result<(), String> {
                 let (net, bin) = (&net, &bin);
                 s.spawn(move || {
                     let cid = format!("par{i}");
-                    let call = Call { command: "ADD", container_id: &cid, netns: Some(ns), ifname: "eth0", args: "" };
+                    let call = Call {
+                        command: "ADD",
+                        container_id: &cid,
+                        netns: Some(ns),
+                        ifname: "eth0",
+                        args: "",
+                    };
                     run(&net.host, bin, &call, &net.conf)?.ok()
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into()))).collect()
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+            .collect()
     });
     let mut addrs = std::collections::BTreeSet::new();
     for r in adds {
         let r = r?;
-        addrs.insert(r["ips"][0]["address"].as_str().unwrap_or_default().to_string());
+        addrs.insert(
+            r["ips"][0]["address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
-    ensure(addrs.len() == 50, format!("50 parallel ADDs got {} distinct addresses", addrs.len()))?;
+    ensure(
+        addrs.len() == 50,
+        format!("50 parallel ADDs got {} distinct addresses", addrs.len()),
+    )?;
     ensure(net.ports()? == 50, "not 50 ports on the bridge")?;
     let dels: Vec<Result<Value, String>> = thread::scope(|s| {
         let hs: Vec<_> = nss
@@ -356,12 +567,20 @@ fn parallel_50() -> Result<(), String> {
                 let (net, bin) = (&net, &bin);
                 s.spawn(move || {
                     let cid = format!("par{i}");
-                    let call = Call { command: "DEL", container_id: &cid, netns: Some(ns), ifname: "eth0", args: "" };
+                    let call = Call {
+                        command: "DEL",
+                        container_id: &cid,
+                        netns: Some(ns),
+                        ifname: "eth0",
+                        args: "",
+                    };
                     run(&net.host, bin, &call, &net.conf)?.ok()
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into()))).collect()
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+            .collect()
     });
     for d in dels {
         d?;
@@ -380,12 +599,35 @@ fn version_status_errors() -> Result<(), String> {
     let conf = json!({"cniVersion": "1.1.0", "name": "x", "type": "netloom-bridge",
         "ipam": {"type": "netloom-ipam", "subnet": "10.250.0.0/24", "dataDir": host.state_dir().join("cni")}, "stateDir": host.state_dir()});
     // VERSION echoes the asked version and lists all.
-    let v = run(&host, &bin, &Call { command: "VERSION", ..Default::default() }, &json!({"cniVersion": "0.4.0"}))?.ok()?;
+    let v = run(
+        &host,
+        &bin,
+        &Call {
+            command: "VERSION",
+            ..Default::default()
+        },
+        &json!({"cniVersion": "0.4.0"}),
+    )?
+    .ok()?;
     ensure(v["cniVersion"] == "0.4.0", format!("VERSION: {v}"))?;
     for want in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
-        ensure(v["supportedVersions"].as_array().is_some_and(|a| a.iter().any(|x| x == want)), format!("{want} missing in {v}"))?;
+        ensure(
+            v["supportedVersions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == want)),
+            format!("{want} missing in {v}"),
+        )?;
     }
-    run(&host, &bin, &Call { command: "STATUS", ..Default::default() }, &conf)?.ok()?;
+    run(
+        &host,
+        &bin,
+        &Call {
+            command: "STATUS",
+            ..Default::default()
+        },
+        &conf,
+    )?
+    .ok()?;
     // Undecodable stdin → 6; unsupported version → 1; missing container id → 4.
     let mut cmd = host.command(&bin)?;
     let out = cmd
@@ -397,17 +639,39 @@ fn version_status_errors() -> Result<(), String> {
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
-    let e: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("error reply not JSON: {e}"))?;
-    ensure(e["code"] == 6 && !out.status.success(), format!("empty stdin: {e}"))?;
+    let e: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("error reply not JSON: {e}"))?;
+    ensure(
+        e["code"] == 6 && !out.status.success(),
+        format!("empty stdin: {e}"),
+    )?;
     let mut old = conf.clone();
     old["cniVersion"] = json!("0.2.0");
-    let c = Call { command: "ADD", container_id: "c", netns: Some(Path::new("/run/netns/none")), ifname: "eth0", args: "" };
+    let c = Call {
+        command: "ADD",
+        container_id: "c",
+        netns: Some(Path::new("/run/netns/none")),
+        ifname: "eth0",
+        args: "",
+    };
     run(&host, &bin, &c, &old)?.err_code(1)?;
-    let c = Call { command: "ADD", container_id: "", netns: Some(Path::new("/run/netns/none")), ifname: "eth0", args: "" };
+    let c = Call {
+        command: "ADD",
+        container_id: "",
+        netns: Some(Path::new("/run/netns/none")),
+        ifname: "eth0",
+        args: "",
+    };
     run(&host, &bin, &c, &conf)?.err_code(4)?;
     let mut typo = conf.clone();
     typo["vlan"] = json!(5);
-    let c = Call { command: "ADD", container_id: "c", netns: Some(Path::new("/run/netns/none")), ifname: "eth0", args: "" };
+    let c = Call {
+        command: "ADD",
+        container_id: "c",
+        netns: Some(Path::new("/run/netns/none")),
+        ifname: "eth0",
+        args: "",
+    };
     run(&host, &bin, &c, &typo)?.err_code(2)?;
     Ok(())
 }
@@ -418,11 +682,38 @@ fn loopback() -> Result<(), String> {
     run_in_path(&c, &["ip", "link", "set", "lo", "down"])?;
     let bin = our_bin("netloom-loopback")?;
     let conf = json!({"cniVersion": "1.0.0", "name": "lo", "type": "netloom-loopback"});
-    let r = run(&host, &bin, &Call { command: "ADD", container_id: "c", netns: Some(&c), ifname: "lo", args: "" }, &conf)?.ok()?;
+    let r = run(
+        &host,
+        &bin,
+        &Call {
+            command: "ADD",
+            container_id: "c",
+            netns: Some(&c),
+            ifname: "lo",
+            args: "",
+        },
+        &conf,
+    )?
+    .ok()?;
     ensure(r["interfaces"][0]["name"] == "lo", format!("{r}"))?;
     let out = run_in_path(&c, &["ip", "-o", "link", "show", "lo"])?;
-    ensure(String::from_utf8_lossy(&out.stdout).contains("UP"), "lo not up")?;
-    run(&host, &bin, &Call { command: "DEL", container_id: "c", netns: None, ifname: "lo", args: "" }, &conf)?.ok()?;
+    ensure(
+        String::from_utf8_lossy(&out.stdout).contains("UP"),
+        "lo not up",
+    )?;
+    run(
+        &host,
+        &bin,
+        &Call {
+            command: "DEL",
+            container_id: "c",
+            netns: None,
+            ifname: "lo",
+            args: "",
+        },
+        &conf,
+    )?
+    .ok()?;
     Ok(())
 }
 
@@ -435,10 +726,45 @@ fn ipam_under_reference_bridge() -> Result<(), String> {
         "stateDir": host.state_dir()});
     let a = host.container("a")?;
     let bridge = PathBuf::from("/usr/lib/cni/bridge");
-    let r = run(&host, &bridge, &Call { command: "ADD", container_id: "ra", netns: Some(&a), ifname: "eth0", args: "" }, &conf)?.ok()?;
-    let addr = r["ips"][0]["address"].as_str().ok_or(format!("no address: {r}"))?;
-    ensure(addrs_in(&a, "eth0")?.contains(addr), "reference bridge did not configure our address")?;
-    ensure(count_values(&host.state_dir().join("data/ipam/leases")) == 1, "no lease recorded")?;
-    run(&host, &bridge, &Call { command: "DEL", container_id: "ra", netns: Some(&a), ifname: "eth0", args: "" }, &conf)?.ok()?;
-    ensure(count_values(&host.state_dir().join("data/ipam/leases")) == 0, "lease not released by DEL")
+    let r = run(
+        &host,
+        &bridge,
+        &Call {
+            command: "ADD",
+            container_id: "ra",
+            netns: Some(&a),
+            ifname: "eth0",
+            args: "",
+        },
+        &conf,
+    )?
+    .ok()?;
+    let addr = r["ips"][0]["address"]
+        .as_str()
+        .ok_or(format!("no address: {r}"))?;
+    ensure(
+        addrs_in(&a, "eth0")?.contains(addr),
+        "reference bridge did not configure our address",
+    )?;
+    ensure(
+        count_values(&host.state_dir().join("data/ipam/leases")) == 1,
+        "no lease recorded",
+    )?;
+    run(
+        &host,
+        &bridge,
+        &Call {
+            command: "DEL",
+            container_id: "ra",
+            netns: Some(&a),
+            ifname: "eth0",
+            args: "",
+        },
+        &conf,
+    )?
+    .ok()?;
+    ensure(
+        count_values(&host.state_dir().join("data/ipam/leases")) == 0,
+        "lease not released by DEL",
+    )
 }

@@ -18,12 +18,32 @@ fn main() {
     s.worker("cas-increment", worker_cas_increment)
         .worker("store-churn", worker_store_churn)
         .worker("journal-crash", worker_journal_crash);
-    s.test("netns::create_run_and_drop", &[Cap::Root], netns_create_run_and_drop)
-        .test("netns::command_enters_the_namespace", &[Cap::Root], netns_command_enters)
-        .test("harness::fake_hosts_are_isolated", &[Cap::Root, Cap::Bridge], fake_hosts_are_isolated)
-        .test("store::cas_across_processes", &[], store_cas_across_processes)
-        .test("store::kill9_during_writes", &[], store_kill9_during_writes)
-        .test("journal::kill9_mid_operation_is_rolled_back", &[Cap::Root, Cap::Veth], journal_kill9_rolled_back);
+    s.test(
+        "netns::create_run_and_drop",
+        &[Cap::Root],
+        netns_create_run_and_drop,
+    )
+    .test(
+        "netns::command_enters_the_namespace",
+        &[Cap::Root],
+        netns_command_enters,
+    )
+    .test(
+        "harness::fake_hosts_are_isolated",
+        &[Cap::Root, Cap::Bridge],
+        fake_hosts_are_isolated,
+    )
+    .test(
+        "store::cas_across_processes",
+        &[],
+        store_cas_across_processes,
+    )
+    .test("store::kill9_during_writes", &[], store_kill9_during_writes)
+    .test(
+        "journal::kill9_mid_operation_is_rolled_back",
+        &[Cap::Root, Cap::Veth],
+        journal_kill9_rolled_back,
+    );
     run_main(s)
 }
 
@@ -43,23 +63,42 @@ fn netns_create_run_and_drop() -> Result<(), String> {
     {
         let ns = Netns::create_named(&name).map_err(|e| e.to_string())?;
         ensure(path.exists(), "bind mount missing")?;
-        let host_ino = Netns::current().map_err(|e| e.to_string())?.inode().map_err(|e| e.to_string())?;
+        let host_ino = Netns::current()
+            .map_err(|e| e.to_string())?
+            .inode()
+            .map_err(|e| e.to_string())?;
         let inside = ns
             .run(|| Netns::current().and_then(|n| n.inode()))
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        ensure(inside == ns.inode().map_err(|e| e.to_string())?, "run() did not execute inside the namespace")?;
+        ensure(
+            inside == ns.inode().map_err(|e| e.to_string())?,
+            "run() did not execute inside the namespace",
+        )?;
         ensure(inside != host_ino, "new namespace has the host's inode")?;
         // The calling thread never moved.
-        let after = Netns::current().map_err(|e| e.to_string())?.inode().map_err(|e| e.to_string())?;
+        let after = Netns::current()
+            .map_err(|e| e.to_string())?
+            .inode()
+            .map_err(|e| e.to_string())?;
         ensure(after == host_ino, "caller thread changed namespace")?;
         // Creating the same name again is a clear conflict.
-        let again = Netns::create_named(&name).err().ok_or("duplicate netns name accepted")?;
-        ensure(again.kind() == engine_core::ErrorKind::Conflict, format!("wrong kind: {again}"))?;
+        let again = Netns::create_named(&name)
+            .err()
+            .ok_or("duplicate netns name accepted")?;
+        ensure(
+            again.kind() == engine_core::ErrorKind::Conflict,
+            format!("wrong kind: {again}"),
+        )?;
     }
     ensure(!path.exists(), "namespace not removed on drop")?;
-    let err = Netns::open(&path).err().ok_or("opened a removed namespace")?;
-    ensure(err.kind() == engine_core::ErrorKind::NotFound, format!("wrong kind: {err}"))
+    let err = Netns::open(&path)
+        .err()
+        .ok_or("opened a removed namespace")?;
+    ensure(
+        err.kind() == engine_core::ErrorKind::NotFound,
+        format!("wrong kind: {err}"),
+    )
 }
 
 fn netns_command_enters() -> Result<(), String> {
@@ -67,10 +106,19 @@ fn netns_command_enters() -> Result<(), String> {
     host.sh(&["ip", "link", "add", "probe0", "type", "bridge"])?;
     let out = host.sh(&["ip", "-o", "link", "show"])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    ensure(text.contains("probe0"), "link created in the fake host is not visible there")?;
+    ensure(
+        text.contains("probe0"),
+        "link created in the fake host is not visible there",
+    )?;
     // ... and not in the real host.
-    let root = Command::new("ip").args(["-o", "link", "show", "probe0"]).output().map_err(|e| e.to_string())?;
-    ensure(!root.status.success(), "link leaked into the root namespace")
+    let root = Command::new("ip")
+        .args(["-o", "link", "show", "probe0"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(
+        !root.status.success(),
+        "link leaked into the root namespace",
+    )
 }
 
 fn fake_hosts_are_isolated() -> Result<(), String> {
@@ -82,7 +130,13 @@ fn fake_hosts_are_isolated() -> Result<(), String> {
         h.sh(&["ip", "addr", "add", "10.99.0.1/24", "dev", "br0"])?;
     }
     let out = a.sh(&["ip", "-o", "addr", "show", "dev", "br0"])?;
-    ensure(String::from_utf8_lossy(&out.stdout).matches("10.99.0.1").count() == 1, "unexpected addresses on br0")
+    ensure(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("10.99.0.1")
+            .count()
+            == 1,
+        "unexpected addresses on br0",
+    )
 }
 
 // ---------------------------------------------------------------- store across processes
@@ -90,7 +144,10 @@ fn fake_hosts_are_isolated() -> Result<(), String> {
 fn spawn_worker(name: &str, env: &[(&str, &str)]) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
-    cmd.env("NETLOOM_TEST_WORKER", name).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+    cmd.env("NETLOOM_TEST_WORKER", name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -114,12 +171,18 @@ fn open_store(dir: &Path) -> Result<FileStore, String> {
 }
 
 fn worker_cas_increment() -> i32 {
-    let Ok(dir) = std::env::var("STATE") else { return 2 };
-    let Ok(store) = FileStore::open(dir) else { return 3 };
+    let Ok(dir) = std::env::var("STATE") else {
+        return 2;
+    };
+    let Ok(store) = FileStore::open(dir) else {
+        return 3;
+    };
     let key = Key::new(["counter"]);
     for _ in 0..50 {
         loop {
-            let Ok(Some((v, n))) = store.get_json::<u64>(&key) else { return 4 };
+            let Ok(Some((v, n))) = store.get_json::<u64>(&key) else {
+                return 4;
+            };
             match store.put_json(&key, &(n + 1), Expect::Version(v)) {
                 Ok(o) if o.is_written() => break,
                 Ok(_) => continue,
@@ -133,20 +196,34 @@ fn worker_cas_increment() -> i32 {
 fn store_cas_across_processes() -> Result<(), String> {
     let dir = TempState::new("cas");
     let store = open_store(&dir.0)?;
-    store.put_json(&Key::new(["counter"]), &0u64, Expect::Absent).map_err(|e| e.to_string())?;
+    store
+        .put_json(&Key::new(["counter"]), &0u64, Expect::Absent)
+        .map_err(|e| e.to_string())?;
     let d = dir.0.to_string_lossy().into_owned();
-    let children: Vec<Child> = (0..8).map(|_| spawn_worker("cas-increment", &[("STATE", &d)])).collect::<Result<_, _>>()?;
+    let children: Vec<Child> = (0..8)
+        .map(|_| spawn_worker("cas-increment", &[("STATE", &d)]))
+        .collect::<Result<_, _>>()?;
     for mut c in children {
         let st = c.wait().map_err(|e| e.to_string())?;
         ensure(st.success(), format!("worker failed: {st}"))?;
     }
-    let (_, n) = store.get_json::<u64>(&Key::new(["counter"])).map_err(|e| e.to_string())?.ok_or("counter gone")?;
-    ensure(n == 400, format!("8 processes x 50 CAS increments gave {n}, want 400"))
+    let (_, n) = store
+        .get_json::<u64>(&Key::new(["counter"]))
+        .map_err(|e| e.to_string())?
+        .ok_or("counter gone")?;
+    ensure(
+        n == 400,
+        format!("8 processes x 50 CAS increments gave {n}, want 400"),
+    )
 }
 
 fn worker_store_churn() -> i32 {
-    let Ok(dir) = std::env::var("STATE") else { return 2 };
-    let Ok(store) = FileStore::open(dir) else { return 3 };
+    let Ok(dir) = std::env::var("STATE") else {
+        return 2;
+    };
+    let Ok(store) = FileStore::open(dir) else {
+        return 3;
+    };
     let me = std::process::id();
     let mut i: u64 = 0;
     loop {
@@ -156,13 +233,23 @@ fn worker_store_churn() -> i32 {
         if store.put(&key, &value, Expect::Any).is_err() {
             return 4;
         }
-        if i % 3 == 0 && store.delete(&Key::new(["churn", &format!("k{}", (i + 7) % 16)]), Expect::Any).is_err() {
+        if i % 3 == 0
+            && store
+                .delete(
+                    &Key::new(["churn", &format!("k{}", (i + 7) % 16)]),
+                    Expect::Any,
+                )
+                .is_err()
+        {
             return 5;
         }
         let _guard = store.lock("churn-lock", Duration::from_secs(5));
         i += 1;
         if i == 10 {
-            let _ = std::fs::write(format!("{}/ready-{me}", std::env::var("STATE").unwrap_or_default()), b"");
+            let _ = std::fs::write(
+                format!("{}/ready-{me}", std::env::var("STATE").unwrap_or_default()),
+                b"",
+            );
         }
     }
 }
@@ -172,7 +259,9 @@ fn store_kill9_during_writes() -> Result<(), String> {
     let store = open_store(&dir.0)?;
     let d = dir.0.to_string_lossy().into_owned();
     for round in 0..5 {
-        let mut children: Vec<Child> = (0..4).map(|_| spawn_worker("store-churn", &[("STATE", &d)])).collect::<Result<_, _>>()?;
+        let mut children: Vec<Child> = (0..4)
+            .map(|_| spawn_worker("store-churn", &[("STATE", &d)]))
+            .collect::<Result<_, _>>()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         for c in &children {
             let ready = dir.0.join(format!("ready-{}", c.id()));
@@ -183,17 +272,32 @@ fn store_kill9_during_writes() -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20 + round * 7));
         for c in &mut children {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = c.wait();
         }
         // Every value is whole, the named lock is free again, and the store still takes writes.
-        for (k, v) in store.list(&Key::new(["churn"])).map_err(|e| format!("after kill -9: {e}"))? {
-            let first = v.value.first().copied().ok_or(format!("{k}: empty value"))?;
-            ensure(v.value.len() >= 4096 && v.value.iter().all(|b| *b == first), format!("{k}: torn value"))?;
+        for (k, v) in store
+            .list(&Key::new(["churn"]))
+            .map_err(|e| format!("after kill -9: {e}"))?
+        {
+            let first = v
+                .value
+                .first()
+                .copied()
+                .ok_or(format!("{k}: empty value"))?;
+            ensure(
+                v.value.len() >= 4096 && v.value.iter().all(|b| *b == first),
+                format!("{k}: torn value"),
+            )?;
         }
         let lock = store.try_lock("churn-lock").map_err(|e| e.to_string())?;
         ensure(lock.is_some(), "a killed process's lock was not released")?;
-        store.put(&Key::new(["after-churn"]), b"x", Expect::Any).map_err(|e| e.to_string())?;
+        store
+            .put(&Key::new(["after-churn"]), b"x", Expect::Any)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -203,22 +307,50 @@ fn store_kill9_during_writes() -> Result<(), String> {
 /// Starts an operation that creates a veth pair in the fake host, journaling first, then
 /// signals readiness and hangs: the test kills it with SIGKILL at that point.
 fn worker_journal_crash() -> i32 {
-    let (Ok(dir), Ok(ns_path)) = (std::env::var("STATE"), std::env::var("HOSTNS")) else { return 2 };
-    let Ok(store) = FileStore::open(&dir) else { return 3 };
+    let (Ok(dir), Ok(ns_path)) = (std::env::var("STATE"), std::env::var("HOSTNS")) else {
+        return 2;
+    };
+    let Ok(store) = FileStore::open(&dir) else {
+        return 3;
+    };
     let store: Arc<dyn StateStore> = Arc::new(store);
     let undoer = Arc::new(CoreUndoer::new(store.clone(), None));
-    let Ok(mut txn) = Txn::begin(store.clone(), undoer, "network/crashnet", "test add c1/eth0") else { return 4 };
+    let Ok(mut txn) = Txn::begin(
+        store.clone(),
+        undoer,
+        "network/crashnet",
+        "test add c1/eth0",
+    ) else {
+        return 4;
+    };
     let ns = PathBuf::from(&ns_path);
-    if txn.record(UndoStep::DeleteLink { netns: Some(ns.clone()), name: "vcrash0".into() }).is_err() {
+    if txn
+        .record(UndoStep::DeleteLink {
+            netns: Some(ns.clone()),
+            name: "vcrash0".into(),
+        })
+        .is_err()
+    {
         return 5;
     }
     let Ok(host) = Netns::open(&ns) else { return 6 };
-    let out = run_in_any(&host, &["ip", "link", "add", "vcrash0", "type", "veth", "peer", "name", "vcrash1"]);
+    let out = run_in_any(
+        &host,
+        &[
+            "ip", "link", "add", "vcrash0", "type", "veth", "peer", "name", "vcrash1",
+        ],
+    );
     if !matches!(out, Ok(ref o) if o.status.success()) {
         return 7;
     }
     let key = Key::new(["networks", "crashnet", "endpoints", "c1"]);
-    if txn.record(UndoStep::RestoreKey { key: key.to_string(), value: None }).is_err() {
+    if txn
+        .record(UndoStep::RestoreKey {
+            key: key.to_string(),
+            value: None,
+        })
+        .is_err()
+    {
         return 8;
     }
     if store.put(&key, b"{}", Expect::Any).is_err() {
@@ -243,24 +375,61 @@ fn journal_kill9_rolled_back() -> Result<(), String> {
         if let Ok(Some(st)) = child.try_wait() {
             return Err(format!("worker exited early: {st}"));
         }
-        ensure(Instant::now() < deadline, "worker never reached the crash point")?;
+        ensure(
+            Instant::now() < deadline,
+            "worker never reached the crash point",
+        )?;
         std::thread::sleep(Duration::from_millis(5));
     }
     let undoer = CoreUndoer::new(store.clone(), None);
     // While the operation's process lives, recovery must leave it alone.
-    let r = journal::recover(store.as_ref(), &undoer, "network/crashnet").map_err(|e| e.to_string())?;
+    let r =
+        journal::recover(store.as_ref(), &undoer, "network/crashnet").map_err(|e| e.to_string())?;
     ensure(r.rolled_back.is_empty(), "recovery undid a live operation")?;
-    ensure(host.sh(&["ip", "link", "show", "vcrash0"]).is_ok(), "veth missing before the crash")?;
+    ensure(
+        host.sh(&["ip", "link", "show", "vcrash0"]).is_ok(),
+        "veth missing before the crash",
+    )?;
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| e.to_string())?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(|e| e.to_string())?;
     let _ = child.wait();
 
-    let r = journal::recover(store.as_ref(), &undoer, "network/crashnet").map_err(|e| e.to_string())?;
-    ensure(r.failed.is_empty(), format!("recovery failed: {:?}", r.failed.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>()))?;
-    ensure(r.rolled_back.len() == 1, format!("rolled back {} records, want 1", r.rolled_back.len()))?;
-    ensure(host.sh(&["ip", "link", "show", "vcrash0"]).is_err(), "veth of the crashed operation still exists")?;
-    let ep = store.get(&Key::new(["networks", "crashnet", "endpoints", "c1"])).map_err(|e| e.to_string())?;
-    ensure(ep.is_none(), "state entry of the crashed operation still exists")?;
-    ensure(store.list(&Key::new(["journal"])).map_err(|e| e.to_string())?.is_empty(), "journal not cleared")
+    let r =
+        journal::recover(store.as_ref(), &undoer, "network/crashnet").map_err(|e| e.to_string())?;
+    ensure(
+        r.failed.is_empty(),
+        format!(
+            "recovery failed: {:?}",
+            r.failed
+                .iter()
+                .map(|(_, e)| e.to_string())
+                .collect::<Vec<_>>()
+        ),
+    )?;
+    ensure(
+        r.rolled_back.len() == 1,
+        format!("rolled back {} records, want 1", r.rolled_back.len()),
+    )?;
+    ensure(
+        host.sh(&["ip", "link", "show", "vcrash0"]).is_err(),
+        "veth of the crashed operation still exists",
+    )?;
+    let ep = store
+        .get(&Key::new(["networks", "crashnet", "endpoints", "c1"]))
+        .map_err(|e| e.to_string())?;
+    ensure(
+        ep.is_none(),
+        "state entry of the crashed operation still exists",
+    )?;
+    ensure(
+        store
+            .list(&Key::new(["journal"]))
+            .map_err(|e| e.to_string())?
+            .is_empty(),
+        "journal not cleared",
+    )
 }

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use engine_core::engine::{AttachRequest, SandboxSetup};
-use engine_core::model::{NetworkSpec, RouteSpec, Sandbox, SubnetConfig};
 use engine_core::ipam::Ipam;
+use engine_core::model::{NetworkSpec, RouteSpec, Sandbox, SubnetConfig};
 use engine_core::{AttachmentKey, Options};
 use serde::Deserialize;
 
@@ -57,10 +57,11 @@ fn parse(config: &crate::config::NetConf) -> Result<Parsed, CniError> {
             "macspoofchk: netloom-bridge does not enforce MAC spoof checks yet; remove \"macspoofchk\" rather than run unprotected",
         ));
     }
-    let ipam_obj = config
-        .ipam
-        .as_ref()
-        .ok_or_else(|| CniError::invalid_config("netloom-bridge needs an \"ipam\" section (type netloom-ipam or host-local)"))?;
+    let ipam_obj = config.ipam.as_ref().ok_or_else(|| {
+        CniError::invalid_config(
+            "netloom-bridge needs an \"ipam\" section (type netloom-ipam or host-local)",
+        )
+    })?;
     let ipam = IpamConf::parse(ipam_obj)?;
     if !is_builtin(&ipam.ipam_type) {
         return Err(CniError::unsupported_field(format!(
@@ -80,9 +81,15 @@ impl Parsed {
         let c = &self.conf;
         let is_gateway = c.is_gateway || c.is_default_gateway;
         let mut options = Options::new();
-        options.insert("bridge".into(), c.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into()));
+        options.insert(
+            "bridge".into(),
+            c.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into()),
+        );
         options.insert("is_gateway".into(), is_gateway.to_string());
-        options.insert("is_default_gateway".into(), c.is_default_gateway.to_string());
+        options.insert(
+            "is_default_gateway".into(),
+            c.is_default_gateway.to_string(),
+        );
         options.insert("force_address".into(), c.force_address.to_string());
         options.insert("ip_masquerade".into(), c.ip_masq.to_string());
         options.insert("hairpin".into(), c.hairpin_mode.to_string());
@@ -93,7 +100,11 @@ impl Parsed {
             .iter()
             .zip(pools)
             .flat_map(|(set, pool)| {
-                set.iter().map(move |r| SubnetConfig { subnet: r.subnet, gateway: r.gateway, pool_id: pool.clone() })
+                set.iter().map(move |r| SubnetConfig {
+                    subnet: r.subnet,
+                    gateway: r.gateway,
+                    pool_id: pool.clone(),
+                })
             })
             .collect::<Vec<_>>();
         NetworkSpec {
@@ -110,16 +121,19 @@ impl Parsed {
 
 /// Static addresses asked for by the runtime: `runtimeConfig.ips`, `args.cni.ips`, CNI_ARGS `IP`.
 pub fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, CniError> {
-    let mut out: Vec<IpAddr> = req.config.runtime_config.ips.iter().map(|r| r.address).collect();
+    let mut out: Vec<IpAddr> = req
+        .config
+        .runtime_config
+        .ips
+        .iter()
+        .map(|r| r.address)
+        .collect();
     out.extend(req.config.arg_ips()?.into_iter().map(|r| r.address));
     if let Some(list) = req.args.get("IP") {
         for s in list.split(',').filter(|s| !s.is_empty()) {
-            let ip: IpAddr = s
-                .split('/')
-                .next()
-                .unwrap_or(s)
-                .parse()
-                .map_err(|_| CniError::invalid_config(format!("CNI_ARGS IP={s:?} is not an IP address")))?;
+            let ip: IpAddr = s.split('/').next().unwrap_or(s).parse().map_err(|_| {
+                CniError::invalid_config(format!("CNI_ARGS IP={s:?} is not an IP address"))
+            })?;
             out.push(ip);
         }
     }
@@ -128,7 +142,11 @@ pub fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, CniError> {
 
 /// The MAC asked for: `runtimeConfig.mac` or CNI_ARGS `MAC`.
 fn requested_mac(req: &Request) -> Option<String> {
-    req.config.runtime_config.mac.clone().or_else(|| req.args.get("MAC").map(str::to_string))
+    req.config
+        .runtime_config
+        .mac
+        .clone()
+        .or_else(|| req.args.get("MAC").map(str::to_string))
 }
 
 /// IPAM routes as sandbox routes: a route without `gw` goes via the gateway of its family.
@@ -137,7 +155,12 @@ fn ipam_routes(routes: &[Route], gateways: &[IpAddr]) -> Vec<RouteSpec> {
         .iter()
         .map(|r| RouteSpec {
             destination: r.dst,
-            gateway: r.gw.or_else(|| gateways.iter().copied().find(|g| g.is_ipv4() == r.dst.is_ipv4())),
+            gateway: r.gw.or_else(|| {
+                gateways
+                    .iter()
+                    .copied()
+                    .find(|g| g.is_ipv4() == r.dst.is_ipv4())
+            }),
         })
         .collect()
 }
@@ -148,7 +171,14 @@ impl Plugin for BridgePlugin {
     }
 
     fn known_args(&self) -> &[&str] {
-        &["K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP", "MAC"]
+        &[
+            "K8S_POD_NAMESPACE",
+            "K8S_POD_NAME",
+            "K8S_POD_INFRA_CONTAINER_ID",
+            "K8S_POD_UID",
+            "IP",
+            "MAC",
+        ]
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
@@ -157,12 +187,16 @@ impl Plugin for BridgePlugin {
         let ctx = p.context()?;
         let name = &req.config.name;
         let pools = ctx.ensure_pools(name, &p.ipam)?;
-        let net = ctx.engine.ensure_network(name, &p.network_spec(name, &pools), ctx.overlap())?;
+        let net = ctx
+            .engine
+            .ensure_network(name, &p.network_spec(name, &pools), ctx.overlap())?;
         let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway).collect();
         let attach = AttachRequest {
             network_id: net.id.clone(),
             key: req.key.clone(),
-            sandbox: SandboxSetup::Configure(Sandbox { netns_path: netns.clone() }),
+            sandbox: SandboxSetup::Configure(Sandbox {
+                netns_path: netns.clone(),
+            }),
             static_addresses: requested_ips(req)?,
             mac: requested_mac(req),
             ports: Vec::new(),
@@ -174,7 +208,11 @@ impl Plugin for BridgePlugin {
         Mirror::new(p.ipam.data_dir.as_deref(), name).add(&req.key, &ips);
         let mut result = CniResult::default();
         for h in &a.handoff.host_interfaces {
-            result.interfaces.push(Interface { name: h.name.clone(), mac: h.mac.clone(), ..Default::default() });
+            result.interfaces.push(Interface {
+                name: h.name.clone(),
+                mac: h.mac.clone(),
+                ..Default::default()
+            });
         }
         let container_index = result.interfaces.len();
         result.interfaces.push(Interface {
@@ -184,8 +222,16 @@ impl Plugin for BridgePlugin {
             ..Default::default()
         });
         for addr in &a.endpoint.addresses {
-            let gateway = net.subnets.iter().find(|s| s.subnet.contains(addr.ip())).and_then(|s| s.gateway);
-            result.ips.push(IpConfig { address: *addr, gateway, interface: Some(container_index) });
+            let gateway = net
+                .subnets
+                .iter()
+                .find(|s| s.subnet.contains(addr.ip()))
+                .and_then(|s| s.gateway);
+            result.ips.push(IpConfig {
+                address: *addr,
+                gateway,
+                interface: Some(container_index),
+            });
         }
         for r in &a.join.routes {
             result.routes.push(Route::new(r.destination, r.gateway));
@@ -200,12 +246,18 @@ impl Plugin for BridgePlugin {
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let p = parse(&req.config)?;
         let ctx = p.context()?;
-        let sandbox = req.netns.as_ref().map(|n| Sandbox { netns_path: n.clone() });
-        ctx.engine.detach(&req.config.name, &req.key, sandbox.as_ref())?;
+        let sandbox = req.netns.as_ref().map(|n| Sandbox {
+            netns_path: n.clone(),
+        });
+        ctx.engine
+            .detach(&req.config.name, &req.key, sandbox.as_ref())?;
         // A failed ADD may have leased addresses before the network record existed.
         for (i, _) in p.ipam.range_sets.iter().enumerate() {
             let owner = req.key.owner();
-            ctx.ipam.release_address(&IpamConf::pool_id(&req.config.name, i), &engine_core::ipam::Release::Owner(owner))?;
+            ctx.ipam.release_address(
+                &IpamConf::pool_id(&req.config.name, i),
+                &engine_core::ipam::Release::Owner(owner),
+            )?;
         }
         Mirror::new(p.ipam.data_dir.as_deref(), &req.config.name).remove_owner(&req.key);
         Ok(())
@@ -219,12 +271,17 @@ impl Plugin for BridgePlugin {
             return Ok(());
         }
         let list: Vec<String> = drift.iter().map(|d| d.to_string()).collect();
-        Err(CniError::new(crate::error::code::KERNEL, format!("CHECK found drift: {}", list.join("; "))))
+        Err(CniError::new(
+            crate::error::code::KERNEL,
+            format!("CHECK found drift: {}", list.join("; ")),
+        ))
     }
 
     fn status(&self, req: &StatusRequest) -> Result<(), CniError> {
         let p = parse(&req.config)?;
-        let ctx = p.context().map_err(|e| CniError::unavailable(format!("state store unusable: {}", e.msg)))?;
+        let ctx = p
+            .context()
+            .map_err(|e| CniError::unavailable(format!("state store unusable: {}", e.msg)))?;
         ctx.store
             .list(&engine_core::Key::new(["networks"]))
             .map_err(|e| CniError::status_from(&e, false))?;
@@ -243,7 +300,11 @@ impl Plugin for BridgePlugin {
             .map(|e| e.key)
             .filter(|k| req.is_valid(k))
             .collect();
-        live.extend(req.valid_attachments().map(<[AttachmentKey]>::to_vec).unwrap_or_default());
+        live.extend(
+            req.valid_attachments()
+                .map(<[AttachmentKey]>::to_vec)
+                .unwrap_or_default(),
+        );
         let errors = ctx.engine.gc(&req.config.name, &live)?;
         let mut leased = Vec::new();
         for i in 0..p.ipam.range_sets.len() {

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use engine_core::engine::{Engine, OverlapPolicy};
+use engine_core::ipam::RangeSpec;
 use engine_core::ipam::{Ipam, PoolRequest, OPT_ALLOW_OVERLAP};
 use engine_core::netlink::Netlink;
 use engine_core::sandbox::NetlinkSandboxes;
 use engine_core::store::file::FileStore;
 use engine_core::StateStore;
-use engine_core::ipam::RangeSpec;
 use ipam::allocator::RangeSet;
 use ipam::StoreIpam;
 
@@ -22,7 +22,11 @@ use crate::plugins::hostlocal::IpamConf;
 /// /var/lib/netloom.
 pub fn state_dir(plugin_state_dir: Option<PathBuf>, ipam: Option<&IpamConf>) -> PathBuf {
     plugin_state_dir
-        .or_else(|| std::env::var_os("NETLOOM_STATE_DIR").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("NETLOOM_STATE_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         // Under dataDir, in a directory no CNI network name can take (names start with a
         // letter or digit), beside host-local's per-network lease directories.
         .or_else(|| ipam.and_then(|i| i.data_dir.as_ref().map(|d| d.join(".netloom"))))
@@ -50,7 +54,11 @@ impl Context {
             Arc::new(NetlinkSandboxes),
             None,
         );
-        Ok(Context { store, ipam, engine })
+        Ok(Context {
+            store,
+            ipam,
+            engine,
+        })
     }
 
     /// Makes sure the pools of a CNI network's range sets exist with these ranges; returns
@@ -60,7 +68,11 @@ impl Context {
         for (i, set) in conf.range_sets.iter().enumerate() {
             let id = IpamConf::pool_id(network, i);
             // Compare in the pool's normalised form (start/end filled in), as stored.
-            let wanted: Vec<RangeSpec> = RangeSet::new(set, &[])?.ranges().iter().map(|r| r.to_spec()).collect();
+            let wanted: Vec<RangeSpec> = RangeSet::new(set, &[])?
+                .ranges()
+                .iter()
+                .map(|r| r.to_spec())
+                .collect();
             match self.ipam.get_pool(&id)? {
                 Some(p) if p.ranges == wanted => {}
                 Some(p) => {
@@ -83,12 +95,21 @@ impl Context {
     }
 
     fn request_pool(&self, id: &str, set: &[engine_core::ipam::RangeSpec]) -> Result<(), CniError> {
-        let mut req = PoolRequest { id: Some(id.to_string()), ranges: set.to_vec(), ..Default::default() };
+        let mut req = PoolRequest {
+            id: Some(id.to_string()),
+            ranges: set.to_vec(),
+            ..Default::default()
+        };
         req.options.insert(OPT_ALLOW_OVERLAP.into(), "true".into());
         match self.ipam.request_pool(&req) {
             Ok(_) => Ok(()),
             // A parallel ADD created it with the same ranges first: fine.
-            Err(e) if e.kind() == engine_core::ErrorKind::Conflict && self.ipam.get_pool(id)?.is_some() => Ok(()),
+            Err(e)
+                if e.kind() == engine_core::ErrorKind::Conflict
+                    && self.ipam.get_pool(id)?.is_some() =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }

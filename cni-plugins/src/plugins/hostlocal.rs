@@ -74,9 +74,11 @@ pub fn is_builtin(ipam_type: &str) -> bool {
 }
 
 fn parse_subnet(s: &str, at: &str) -> Result<IpNetwork, CniError> {
-    let n: IpNetwork = s
-        .parse()
-        .map_err(|_| CniError::invalid_config(format!("{at}: subnet {s:?} is not a CIDR (like 10.1.0.0/24)")))?;
+    let n: IpNetwork = s.parse().map_err(|_| {
+        CniError::invalid_config(format!(
+            "{at}: subnet {s:?} is not a CIDR (like 10.1.0.0/24)"
+        ))
+    })?;
     // host-local accepts host bits ("10.1.0.5/24") and means the network.
     IpNetwork::new(n.network(), n.prefix())
         .map_err(|_| CniError::invalid_config(format!("{at}: subnet {s:?} is not valid")))
@@ -118,23 +120,29 @@ impl IpamConf {
         let mut range_sets = Vec::new();
         for (i, set) in sets.iter().enumerate() {
             if set.is_empty() {
-                return Err(CniError::invalid_config(format!("ipam.ranges[{i}] is empty")));
+                return Err(CniError::invalid_config(format!(
+                    "ipam.ranges[{i}] is empty"
+                )));
             }
             let mut specs = Vec::new();
             for (j, r) in set.iter().enumerate() {
                 let at = format!("ipam.ranges[{i}][{j}]");
                 let subnet = parse_subnet(&r.subnet, &at)?;
                 let gateway = r.gateway.or_else(|| first_host(subnet));
-                specs.push(RangeSpec { subnet, start: r.range_start, end: r.range_end, gateway });
+                specs.push(RangeSpec {
+                    subnet,
+                    start: r.range_start,
+                    end: r.range_end,
+                    gateway,
+                });
             }
             range_sets.push(specs);
         }
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
-            let dst: IpNetwork = r
-                .dst
-                .parse()
-                .map_err(|_| CniError::invalid_config(format!("ipam.routes[{i}].dst {:?} is not a CIDR", r.dst)))?;
+            let dst: IpNetwork = r.dst.parse().map_err(|_| {
+                CniError::invalid_config(format!("ipam.routes[{i}].dst {:?} is not a CIDR", r.dst))
+            })?;
             routes.push(Route::new(dst, r.gw));
         }
         Ok(IpamConf {
@@ -153,7 +161,9 @@ impl IpamConf {
 
     /// DNS settings from `resolvConf`, as host-local reports them.
     pub fn dns(&self) -> Result<Dns, CniError> {
-        let Some(path) = &self.resolv_conf else { return Ok(Dns::default()) };
+        let Some(path) = &self.resolv_conf else {
+            return Ok(Dns::default());
+        };
         let text = std::fs::read_to_string(path)
             .map_err(|e| CniError::io(format!("read resolvConf {}: {e}", path.display())))?;
         let mut dns = Dns::default();
@@ -191,8 +201,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.range_sets.len(), 3);
         assert_eq!(c.range_sets[0][0].subnet.to_string(), "10.1.0.0/24");
-        assert_eq!(c.range_sets[0][0].gateway, Some("10.1.0.1".parse().unwrap()));
-        assert_eq!(c.range_sets[1][0].gateway, Some("fd00:1::fe".parse().unwrap()));
+        assert_eq!(
+            c.range_sets[0][0].gateway,
+            Some("10.1.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            c.range_sets[1][0].gateway,
+            Some("fd00:1::fe".parse().unwrap())
+        );
         assert_eq!(c.range_sets[2][0].start, Some("10.2.0.10".parse().unwrap()));
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.data_dir, Some(PathBuf::from("/tmp/x")));

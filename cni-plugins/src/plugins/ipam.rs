@@ -24,10 +24,11 @@ struct TopConf {
 pub struct IpamPlugin;
 
 fn open(config: &crate::config::NetConf) -> Result<(IpamConf, Context), CniError> {
-    let ipam_obj = config
-        .ipam
-        .as_ref()
-        .ok_or_else(|| CniError::invalid_config("netloom-ipam needs the \"ipam\" section of the network configuration"))?;
+    let ipam_obj = config.ipam.as_ref().ok_or_else(|| {
+        CniError::invalid_config(
+            "netloom-ipam needs the \"ipam\" section of the network configuration",
+        )
+    })?;
     let conf = IpamConf::parse(ipam_obj)?;
     let top: TopConf = config.plugin_config()?;
     let ctx = Context::open(state_dir(top.state_dir, Some(&conf)))?;
@@ -40,7 +41,13 @@ impl Plugin for IpamPlugin {
     }
 
     fn known_args(&self) -> &[&str] {
-        &["K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP"]
+        &[
+            "K8S_POD_NAMESPACE",
+            "K8S_POD_NAME",
+            "K8S_POD_INFRA_CONTAINER_ID",
+            "K8S_POD_UID",
+            "IP",
+        ]
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
@@ -50,8 +57,17 @@ impl Plugin for IpamPlugin {
         let owner = req.key.owner();
         let mut result = CniResult::default();
         for (i, pool) in pools.iter().enumerate() {
-            let address = wanted.iter().copied().find(|a| conf.range_sets[i].iter().any(|r| r.subnet.contains(*a)));
-            let lease = ctx.ipam.request_address(pool, &AddressRequest { owner: owner.clone(), address });
+            let address = wanted
+                .iter()
+                .copied()
+                .find(|a| conf.range_sets[i].iter().any(|r| r.subnet.contains(*a)));
+            let lease = ctx.ipam.request_address(
+                pool,
+                &AddressRequest {
+                    owner: owner.clone(),
+                    address,
+                },
+            );
             let lease = match lease {
                 Ok(l) => l,
                 Err(e) => {
@@ -62,7 +78,11 @@ impl Plugin for IpamPlugin {
                     return Err(e.into());
                 }
             };
-            result.ips.push(IpConfig { address: lease.address, gateway: lease.gateway, interface: None });
+            result.ips.push(IpConfig {
+                address: lease.address,
+                gateway: lease.gateway,
+                interface: None,
+            });
         }
         let ips: Vec<std::net::IpAddr> = result.ips.iter().map(|i| i.address.ip()).collect();
         Mirror::new(conf.data_dir.as_deref(), &req.config.name).add(&req.key, &ips);
@@ -74,7 +94,10 @@ impl Plugin for IpamPlugin {
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let (conf, ctx) = open(&req.config)?;
         for i in 0..conf.range_sets.len() {
-            ctx.ipam.release_address(&IpamConf::pool_id(&req.config.name, i), &Release::Owner(req.key.owner()))?;
+            ctx.ipam.release_address(
+                &IpamConf::pool_id(&req.config.name, i),
+                &Release::Owner(req.key.owner()),
+            )?;
         }
         Mirror::new(conf.data_dir.as_deref(), &req.config.name).remove_owner(&req.key);
         Ok(())
@@ -88,7 +111,10 @@ impl Plugin for IpamPlugin {
             if !ctx.ipam.leases(&pool)?.iter().any(|l| l.owner == owner) {
                 return Err(CniError::new(
                     crate::error::code::NOT_FOUND,
-                    format!("{owner} holds no address in range set {i} of network {}", req.config.name),
+                    format!(
+                        "{owner} holds no address in range set {i} of network {}",
+                        req.config.name
+                    ),
                 ));
             }
         }

@@ -12,7 +12,9 @@ use crate::skel::{Plugin, Request};
 pub struct LoopbackPlugin;
 
 fn lo(req: &Request) -> Result<Option<Netlink>, CniError> {
-    let Some(path) = &req.netns else { return Ok(None) };
+    let Some(path) = &req.netns else {
+        return Ok(None);
+    };
     match Netns::open(path) {
         Ok(ns) => Ok(Some(Netlink::in_netns(&ns)?)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -27,7 +29,9 @@ impl Plugin for LoopbackPlugin {
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let netns = req.netns()?.to_path_buf();
-        let nl = lo(req)?.ok_or_else(|| CniError::invalid_netns(format!("namespace {} does not exist", netns.display())))?;
+        let nl = lo(req)?.ok_or_else(|| {
+            CniError::invalid_netns(format!("namespace {} does not exist", netns.display()))
+        })?;
         nl.set_up("lo")?;
         let mut r = CniResult::default();
         r.interfaces.push(Interface {
@@ -37,7 +41,11 @@ impl Plugin for LoopbackPlugin {
             ..Default::default()
         });
         for a in nl.addresses_of("lo")? {
-            r.ips.push(IpConfig { address: a.address, gateway: None, interface: Some(0) });
+            r.ips.push(IpConfig {
+                address: a.address,
+                gateway: None,
+                interface: Some(0),
+            });
         }
         Ok(r)
     }
@@ -51,10 +59,14 @@ impl Plugin for LoopbackPlugin {
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let nl = lo(req)?.ok_or_else(|| CniError::invalid_netns("the container namespace does not exist"))?;
+        let nl = lo(req)?
+            .ok_or_else(|| CniError::invalid_netns("the container namespace does not exist"))?;
         match nl.link_by_name("lo")? {
             Some(l) if l.is_up() => Ok(()),
-            _ => Err(CniError::new(crate::error::code::KERNEL, "lo is down in the container")),
+            _ => Err(CniError::new(
+                crate::error::code::KERNEL,
+                "lo is down in the container",
+            )),
         }
     }
 }

@@ -23,8 +23,12 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn new(data_dir: Option<&Path>, network: &str) -> Mirror {
-        let base = data_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        Mirror { dir: base.join(network) }
+        let base = data_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        Mirror {
+            dir: base.join(network),
+        }
     }
 
     /// Records `ips` as held by `key`.
@@ -46,7 +50,9 @@ impl Mirror {
 
     /// Removes every file held by `key`.
     pub fn remove_owner(&self, key: &AttachmentKey) {
-        self.retain_where(|_, owner| owner != Some((key.container_id.as_str(), key.ifname.as_str())));
+        self.retain_where(|_, owner| {
+            owner != Some((key.container_id.as_str(), key.ifname.as_str()))
+        });
     }
 
     /// Removes every file whose address is not in `leased`.
@@ -55,10 +61,14 @@ impl Mirror {
     }
 
     fn retain_where(&self, keep: impl Fn(IpAddr, Option<(&str, &str)>) -> bool) {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name();
-            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else { continue };
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+                continue;
+            };
             let body = fs::read_to_string(e.path()).unwrap_or_default();
             let mut lines = body.split("\r\n").map(str::trim);
             let owner = match (lines.next(), lines.next()) {
@@ -85,7 +95,10 @@ mod tests {
         let (ia, ib): (IpAddr, IpAddr) = ("10.1.0.2".parse().unwrap(), "10.1.0.3".parse().unwrap());
         m.add(&a, &[ia]);
         m.add(&b, &[ib]);
-        assert_eq!(fs::read_to_string(base.join("net1/10.1.0.2")).unwrap(), "ca\r\neth0");
+        assert_eq!(
+            fs::read_to_string(base.join("net1/10.1.0.2")).unwrap(),
+            "ca\r\neth0"
+        );
         m.remove_owner(&a);
         assert!(!base.join("net1/10.1.0.2").exists());
         assert!(base.join("net1/10.1.0.3").exists());

@@ -8,11 +8,11 @@ use std::net::IpAddr;
 
 use engine_core::driver::{Capabilities, Driver, Handoff, HostInterface, JoinInfo, Op};
 use engine_core::journal::UndoStep;
-use engine_core::reaper;
 use engine_core::netlink::{AddrOptions, BridgeSpec, LinkKind, MacAddr, Netlink, VethSpec};
+use engine_core::reaper;
 use engine_core::{
-    AttachmentKey, Drift, Endpoint, EndpointSpec, Error, Expect, Key, Network, NetworkSpec, Options, Result,
-    RouteSpec, Sandbox, StateStore,
+    AttachmentKey, Drift, Endpoint, EndpointSpec, Error, Expect, Key, Network, NetworkSpec,
+    Options, Result, RouteSpec, Sandbox, StateStore,
 };
 use ipnetwork::IpNetwork;
 
@@ -35,7 +35,10 @@ fn created_marker(network_id: &str) -> Key {
 fn gateway_addresses(net: &Network) -> Vec<IpNetwork> {
     net.subnets
         .iter()
-        .filter_map(|s| s.gateway.and_then(|gw| IpNetwork::new(gw, s.subnet.prefix()).ok()))
+        .filter_map(|s| {
+            s.gateway
+                .and_then(|gw| IpNetwork::new(gw, s.subnet.prefix()).ok())
+        })
         .collect()
 }
 
@@ -47,15 +50,23 @@ impl BridgeDriver {
                 return Err(Error::InvalidConfig(format!(
                     "{} exists and is not a bridge ({}); choose another bridge name",
                     o.bridge,
-                    l.kind.map(|k| format!("{k:?}")).unwrap_or_else(|| "no kind".into())
+                    l.kind
+                        .map(|k| format!("{k:?}"))
+                        .unwrap_or_else(|| "no kind".into())
                 )));
             }
             return Ok(l.index);
         }
         let host_ns = op.host_netns().map(|p| p.to_path_buf());
-        op.record(UndoStep::DeleteLink { netns: host_ns, name: o.bridge.clone() })?;
+        op.record(UndoStep::DeleteLink {
+            netns: host_ns,
+            name: o.bridge.clone(),
+        })?;
         let marker = created_marker(&net.id);
-        op.record(UndoStep::RestoreKey { key: marker.to_string(), value: None })?;
+        op.record(UndoStep::RestoreKey {
+            key: marker.to_string(),
+            value: None,
+        })?;
         op.store().put(&marker, o.bridge.as_bytes(), Expect::Any)?;
         let mut spec = BridgeSpec::new(&o.bridge);
         if let Some(mtu) = net.mtu {
@@ -70,7 +81,13 @@ impl BridgeDriver {
         }
     }
 
-    fn ensure_gateway_addresses(&self, op: &mut Op, net: &Network, o: &BridgeOptions, nl: &Netlink) -> Result<()> {
+    fn ensure_gateway_addresses(
+        &self,
+        op: &mut Op,
+        net: &Network,
+        o: &BridgeOptions,
+        nl: &Netlink,
+    ) -> Result<()> {
         let present = nl.addresses_of(o.bridge.as_str())?;
         for gw in gateway_addresses(net) {
             if present.iter().any(|a| a.address == gw) {
@@ -78,7 +95,10 @@ impl BridgeDriver {
             }
             // Another address of the same subnet on the bridge means someone else configured
             // it: replace it only when asked (CNI forceAddress).
-            for a in present.iter().filter(|a| a.address.is_ipv4() == gw.is_ipv4() && a.address.contains(gw.ip())) {
+            for a in present
+                .iter()
+                .filter(|a| a.address.is_ipv4() == gw.is_ipv4() && a.address.contains(gw.ip()))
+            {
                 if !o.force_address {
                     return Err(Error::Conflict(format!(
                         "bridge {} has address {} but network {} wants gateway {}; set forceAddress to replace it",
@@ -88,8 +108,15 @@ impl BridgeDriver {
                 nl.del_address(o.bridge.as_str(), a.address)?;
             }
             let host_ns = op.host_netns().map(|p| p.to_path_buf());
-            op.record(UndoStep::DeleteAddress { netns: host_ns, link: o.bridge.clone(), address: gw })?;
-            let opts = AddrOptions { nodad: true, ..Default::default() };
+            op.record(UndoStep::DeleteAddress {
+                netns: host_ns,
+                link: o.bridge.clone(),
+                address: gw,
+            })?;
+            let opts = AddrOptions {
+                nodad: true,
+                ..Default::default()
+            };
             match nl.add_address(o.bridge.as_str(), gw, opts) {
                 Ok(()) => {}
                 // A parallel ADD added it first.
@@ -150,7 +177,11 @@ impl Driver for BridgeDriver {
             op.store().delete(&marker, Expect::Any)?;
             return Ok(());
         };
-        let ports = nl.links()?.into_iter().filter(|l| l.master == Some(br.index)).count();
+        let ports = nl
+            .links()?
+            .into_iter()
+            .filter(|l| l.master == Some(br.index))
+            .count();
         if op.store().get(&marker)?.is_some() && ports == 0 {
             nl.delete_link_if_exists(br.index)?;
         } else {
@@ -169,20 +200,27 @@ impl Driver for BridgeDriver {
         let peer = naming::temp_peer(&net.id, &spec.key);
         let nl = op.host()?;
         let br = nl.link_by_name(&o.bridge)?.ok_or_else(|| {
-            Error::NotFound(format!("bridge {} of network {} is gone; recreate the network", o.bridge, net.name))
+            Error::NotFound(format!(
+                "bridge {} of network {} is gone; recreate the network",
+                o.bridge, net.name
+            ))
         })?;
         // Names are derived from the attachment: one left by a crash that escaped the journal
         // is ours, and in the way.
         nl.delete_link_if_exists(host.as_str())?;
         nl.delete_link_if_exists(peer.as_str())?;
         let host_ns = op.host_netns().map(|p| p.to_path_buf());
-        op.record(UndoStep::DeleteLink { netns: host_ns, name: host.clone() })?;
+        op.record(UndoStep::DeleteLink {
+            netns: host_ns,
+            name: host.clone(),
+        })?;
         // With a placement the peer is born in the container under its final name: a move
         // between namespaces costs the kernel an RCU grace period (~20 ms).
         let target = match &spec.placement {
             Some(p) => Some((
-                engine_core::netns::Netns::open(&p.netns_path)
-                    .map_err(|e| e.context(format!("container namespace {}", p.netns_path.display())))?,
+                engine_core::netns::Netns::open(&p.netns_path).map_err(|e| {
+                    e.context(format!("container namespace {}", p.netns_path.display()))
+                })?,
                 p.ifname.clone(),
             )),
             None => None,
@@ -196,9 +234,11 @@ impl Driver for BridgeDriver {
             veth = veth.mtu(mtu);
         }
         if let Some(mac) = &spec.mac {
-            let mac: MacAddr = mac
-                .parse()
-                .map_err(|_| Error::InvalidConfig(format!("MAC address {mac:?} is not valid (want aa:bb:cc:dd:ee:ff)")))?;
+            let mac: MacAddr = mac.parse().map_err(|_| {
+                Error::InvalidConfig(format!(
+                    "MAC address {mac:?} is not valid (want aa:bb:cc:dd:ee:ff)"
+                ))
+            })?;
             veth = veth.peer_mac(mac);
         }
         let host_link = match nl.create_veth(&veth) {
@@ -235,8 +275,14 @@ impl Driver for BridgeDriver {
             mac: spec.mac.clone(),
             host_end: Some(host.clone()),
             host_interfaces: vec![
-                HostInterface { name: o.bridge.clone(), mac: br_mac.map(|m| m.to_string()) },
-                HostInterface { name: host, mac: host_link.mac.map(|m| m.to_string()) },
+                HostInterface {
+                    name: o.bridge.clone(),
+                    mac: br_mac.map(|m| m.to_string()),
+                },
+                HostInterface {
+                    name: host,
+                    mac: host_link.mac.map(|m| m.to_string()),
+                },
             ],
         })
     }
@@ -244,7 +290,9 @@ impl Driver for BridgeDriver {
     fn delete_endpoint(&self, op: &mut Op, net: &Network, ep: &Endpoint) -> Result<()> {
         let host = naming::host_veth(&net.id, &ep.key);
         let nl = op.host()?;
-        let Some(link) = nl.link_by_name(&host)? else { return Ok(()) };
+        let Some(link) = nl.link_by_name(&host)? else {
+            return Ok(());
+        };
         // Cut it off now (down, off the bridge, out of the way of a new veth of the same
         // name): the container loses its carrier at once and its address can be reused. The
         // kernel's slow unregister goes to the reaper; deleting the host end takes the
@@ -253,28 +301,50 @@ impl Driver for BridgeDriver {
         nl.set_nomaster(link.index)?;
         let grave = reaper::graveyard_name();
         nl.rename(link.index, &grave)?;
-        reaper::reap_later(reaper::Job { netns: op.host_netns().map(|p| p.to_path_buf()), links: vec![grave] })
+        reaper::reap_later(reaper::Job {
+            netns: op.host_netns().map(|p| p.to_path_buf()),
+            links: vec![grave],
+        })
     }
 
-    fn join(&self, _op: &mut Op, net: &Network, ep: &Endpoint, _sandbox: &Sandbox) -> Result<JoinInfo> {
+    fn join(
+        &self,
+        _op: &mut Op,
+        net: &Network,
+        ep: &Endpoint,
+        _sandbox: &Sandbox,
+    ) -> Result<JoinInfo> {
         let o = BridgeOptions::from_network(&net.options)?;
         let has = |v4: bool| ep.addresses.iter().any(|a| a.is_ipv4() == v4);
         let gateway = |v4: bool| -> Option<IpAddr> {
             if !o.is_gateway || !has(v4) {
                 return None;
             }
-            net.subnets.iter().filter(|s| s.subnet.is_ipv4() == v4).find_map(|s| s.gateway)
+            net.subnets
+                .iter()
+                .filter(|s| s.subnet.is_ipv4() == v4)
+                .find_map(|s| s.gateway)
         };
         let (gw4, gw6) = (gateway(true), gateway(false));
         let mut routes = Vec::new();
         if o.is_default_gateway {
             for gw in [gw4, gw6].into_iter().flatten() {
                 let dst = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
-                let destination = dst.parse().map_err(|_| Error::Internal("default route literal".into()))?;
-                routes.push(RouteSpec { destination, gateway: Some(gw) });
+                let destination = dst
+                    .parse()
+                    .map_err(|_| Error::Internal("default route literal".into()))?;
+                routes.push(RouteSpec {
+                    destination,
+                    gateway: Some(gw),
+                });
             }
         }
-        Ok(JoinInfo { gateway_v4: gw4, gateway_v6: gw6, routes, dst_prefix: "eth".into() })
+        Ok(JoinInfo {
+            gateway_v4: gw4,
+            gateway_v6: gw6,
+            routes,
+            dst_prefix: "eth".into(),
+        })
     }
 
     fn leave(&self, _op: &mut Op, _net: &Network, _ep: &Endpoint) -> Result<()> {
@@ -290,7 +360,9 @@ impl Driver for BridgeDriver {
     fn gc(&self, op: &mut Op, net: &Network, live: &[AttachmentKey]) -> Result<Vec<Error>> {
         let o = BridgeOptions::from_network(&net.options)?;
         let nl = op.host()?;
-        let Some(br) = nl.link_by_name(&o.bridge)? else { return Ok(Vec::new()) };
+        let Some(br) = nl.link_by_name(&o.bridge)? else {
+            return Ok(Vec::new());
+        };
         let keep: Vec<String> = live.iter().map(|k| naming::host_veth(&net.id, k)).collect();
         let mut errors = Vec::new();
         // Links a killed reaper left behind.
@@ -298,7 +370,10 @@ impl Driver for BridgeDriver {
             errors.push(e);
         }
         for l in nl.links()? {
-            if l.master == Some(br.index) && naming::is_host_veth(&l.name) && !keep.contains(&l.name) {
+            if l.master == Some(br.index)
+                && naming::is_host_veth(&l.name)
+                && !keep.contains(&l.name)
+            {
                 tracing::info!(network = %net.name, link = %l.name, "gc removes a stale veth");
                 if let Err(e) = nl.delete_link_if_exists(l.index) {
                     errors.push(e);
@@ -310,32 +385,55 @@ impl Driver for BridgeDriver {
 }
 
 /// Compares one endpoint with the kernel as seen through `nl` (the host namespace).
-pub fn check_endpoint(nl: &Netlink, net: &Network, o: &BridgeOptions, ep: &Endpoint) -> Result<Vec<Drift>> {
+pub fn check_endpoint(
+    nl: &Netlink,
+    net: &Network,
+    o: &BridgeOptions,
+    ep: &Endpoint,
+) -> Result<Vec<Drift>> {
     let mut drift = Vec::new();
     let Some(br) = nl.link_by_name(&o.bridge)? else {
-        drift.push(Drift { subject: format!("bridge {}", o.bridge), problem: "missing".into() });
+        drift.push(Drift {
+            subject: format!("bridge {}", o.bridge),
+            problem: "missing".into(),
+        });
         return Ok(drift);
     };
     if !br.is_up() {
-        drift.push(Drift { subject: format!("bridge {}", o.bridge), problem: "down".into() });
+        drift.push(Drift {
+            subject: format!("bridge {}", o.bridge),
+            problem: "down".into(),
+        });
     }
     if o.is_gateway {
         let present = nl.addresses_of(br.index)?;
         for gw in gateway_addresses(net) {
             if !present.iter().any(|a| a.address == gw) {
-                drift.push(Drift { subject: format!("bridge {}", o.bridge), problem: format!("gateway address {gw} missing") });
+                drift.push(Drift {
+                    subject: format!("bridge {}", o.bridge),
+                    problem: format!("gateway address {gw} missing"),
+                });
             }
         }
     }
     let host = naming::host_veth(&net.id, &ep.key);
     match nl.link_by_name(&host)? {
-        None => drift.push(Drift { subject: format!("veth {host}"), problem: "missing on the host".into() }),
+        None => drift.push(Drift {
+            subject: format!("veth {host}"),
+            problem: "missing on the host".into(),
+        }),
         Some(l) => {
             if l.master != Some(br.index) {
-                drift.push(Drift { subject: format!("veth {host}"), problem: format!("not attached to bridge {}", o.bridge) });
+                drift.push(Drift {
+                    subject: format!("veth {host}"),
+                    problem: format!("not attached to bridge {}", o.bridge),
+                });
             }
             if !l.is_up() {
-                drift.push(Drift { subject: format!("veth {host}"), problem: "down".into() });
+                drift.push(Drift {
+                    subject: format!("veth {host}"),
+                    problem: "down".into(),
+                });
             }
         }
     }

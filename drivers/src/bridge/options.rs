@@ -39,7 +39,11 @@ pub struct BridgeOptions {
 
 /// The bridge name used when none is given: `nlbr-` + the start of the network id.
 pub fn default_bridge_name(network: &str) -> String {
-    let id: String = network.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(10).collect();
+    let id: String = network
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(10)
+        .collect();
     format!("nlbr-{id}")
 }
 
@@ -53,7 +57,9 @@ pub fn normalise(spec: &NetworkSpec) -> Result<Options> {
         } else if BOOLS.iter().any(|(b, _)| b == k) {
             parse_bool(k, v)?;
         } else {
-            let known: Vec<&str> = std::iter::once(BRIDGE).chain(BOOLS.iter().map(|(b, _)| *b)).collect();
+            let known: Vec<&str> = std::iter::once(BRIDGE)
+                .chain(BOOLS.iter().map(|(b, _)| *b))
+                .collect();
             return Err(Error::InvalidConfig(format!(
                 "unknown bridge option {k:?} (known: {})",
                 known.join(", ")
@@ -61,9 +67,14 @@ pub fn normalise(spec: &NetworkSpec) -> Result<Options> {
         }
         out.insert(k.clone(), v.clone());
     }
-    out.entry(BRIDGE.into()).or_insert_with(|| default_bridge_name(&spec.name));
+    out.entry(BRIDGE.into())
+        .or_insert_with(|| default_bridge_name(&spec.name));
     for (k, d) in BOOLS {
-        let v = out.get(*k).map(|v| parse_bool(k, v)).transpose()?.unwrap_or(*d);
+        let v = out
+            .get(*k)
+            .map(|v| parse_bool(k, v))
+            .transpose()?
+            .unwrap_or(*d);
         out.insert((*k).to_string(), v.to_string());
     }
     if spec.internal {
@@ -73,7 +84,9 @@ pub fn normalise(spec: &NetworkSpec) -> Result<Options> {
     }
     if let Some(mtu) = spec.mtu {
         if !(68..=65535).contains(&mtu) {
-            return Err(Error::InvalidConfig(format!("mtu {mtu} is out of range (68-65535)")));
+            return Err(Error::InvalidConfig(format!(
+                "mtu {mtu} is out of range (68-65535)"
+            )));
         }
     }
     Ok(out)
@@ -83,7 +96,9 @@ fn parse_bool(key: &str, v: &str) -> Result<bool> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(Error::InvalidConfig(format!("option {key} must be true or false, not {v:?}"))),
+        _ => Err(Error::InvalidConfig(format!(
+            "option {key} must be true or false, not {v:?}"
+        ))),
     }
 }
 
@@ -91,14 +106,21 @@ impl BridgeOptions {
     /// Reads normalised options (as stored on the network).
     pub fn from_network(options: &Options) -> Result<Self> {
         let flag = |k: &str| -> Result<bool> {
-            let d = BOOLS.iter().find(|(b, _)| *b == k).map(|(_, d)| *d).unwrap_or(false);
-            options.get(k).map(|v| parse_bool(k, v)).transpose().map(|v| v.unwrap_or(d))
+            let d = BOOLS
+                .iter()
+                .find(|(b, _)| *b == k)
+                .map(|(_, d)| *d)
+                .unwrap_or(false);
+            options
+                .get(k)
+                .map(|v| parse_bool(k, v))
+                .transpose()
+                .map(|v| v.unwrap_or(d))
         };
         Ok(BridgeOptions {
-            bridge: options
-                .get(BRIDGE)
-                .cloned()
-                .ok_or_else(|| Error::Internal("bridge network stored without a bridge name".into()))?,
+            bridge: options.get(BRIDGE).cloned().ok_or_else(|| {
+                Error::Internal("bridge network stored without a bridge name".into())
+            })?,
             is_gateway: flag(IS_GATEWAY)?,
             is_default_gateway: flag(IS_DEFAULT_GATEWAY)?,
             force_address: flag(FORCE_ADDRESS)?,
@@ -118,7 +140,10 @@ mod tests {
         NetworkSpec {
             name: "web".into(),
             driver: "bridge".into(),
-            options: opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            options: opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         }
     }
@@ -135,7 +160,11 @@ mod tests {
     #[test]
     fn typos_and_bad_values_are_rejected() {
         let e = normalise(&spec(&[("ip_masqurade", "true")])).unwrap_err();
-        assert!(e.to_string().contains("unknown bridge option \"ip_masqurade\""), "{e}");
+        assert!(
+            e.to_string()
+                .contains("unknown bridge option \"ip_masqurade\""),
+            "{e}"
+        );
         let e = normalise(&spec(&[("icc", "maybe")])).unwrap_err();
         assert!(e.to_string().contains("icc must be true or false"), "{e}");
         let e = normalise(&spec(&[("bridge", "way-too-long-bridge-name")])).unwrap_err();

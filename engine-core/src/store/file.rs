@@ -60,9 +60,16 @@ impl FileStore {
         for d in [&root, &data, &locks] {
             create_private_dir(d)?;
         }
-        let durable = std::env::var("NETLOOM_STORE_FSYNC").map(|v| v == "1" || v == "true").unwrap_or(false);
+        let durable = std::env::var("NETLOOM_STORE_FSYNC")
+            .map(|v| v == "1" || v == "true")
+            .unwrap_or(false);
         let sync = if durable { Sync::Durable } else { Sync::Atomic };
-        Ok(FileStore { root, data, locks, sync })
+        Ok(FileStore {
+            root,
+            data,
+            locks,
+            sync,
+        })
     }
 
     /// Chooses whether writes wait for the disk (see [`Sync`]).
@@ -91,21 +98,28 @@ impl FileStore {
     fn stripe_lock(&self, key: &Key) -> Result<FileLock> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.as_str().hash(&mut h);
-        let path = self.locks.join(format!("stripe-{:02}", h.finish() % STRIPES));
-        FileLock::acquire(&path, None, "")?.ok_or_else(|| Error::Internal("stripe lock not taken".into()))
+        let path = self
+            .locks
+            .join(format!("stripe-{:02}", h.finish() % STRIPES));
+        FileLock::acquire(&path, None, "")?
+            .ok_or_else(|| Error::Internal("stripe lock not taken".into()))
     }
 
     fn read_at(&self, dir: &Path) -> Result<Option<Versioned>> {
         let path = dir.join(VALUE_FILE);
         let mut f = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
                 return Ok(None)
             }
             Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
         };
         let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        f.read_to_end(&mut buf)
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
         if buf.is_empty() {
             // Only a power cut between create and the data reaching the disk leaves an empty
             // value file (we never write one): the write did not happen.
@@ -134,7 +148,11 @@ impl FileStore {
         fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), next_tmp_id()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             let mut buf = Vec::with_capacity(MAGIC.len() + 21 + value.len());
             buf.extend_from_slice(MAGIC);
             buf.extend_from_slice(version.to_string().as_bytes());
@@ -206,7 +224,9 @@ impl StateStore for FileStore {
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<PutOutcome> {
         if key.as_str().is_empty() {
-            return Err(Error::InvalidConfig("the empty key cannot hold a value".into()));
+            return Err(Error::InvalidConfig(
+                "the empty key cannot hold a value".into(),
+            ));
         }
         let dir = self.dir_of(key);
         let _stripe = self.stripe_lock(key)?;
@@ -243,7 +263,9 @@ impl StateStore for FileStore {
     }
 
     fn lock(&self, scope: &str, timeout: Duration) -> Result<Box<dyn LockGuard>> {
-        let path = self.locks.join(format!("scope-{}", Key::new([scope]).as_str()));
+        let path = self
+            .locks
+            .join(format!("scope-{}", Key::new([scope]).as_str()));
         match FileLock::acquire(&path, Some(timeout), scope)? {
             Some(l) => Ok(Box::new(l)),
             None => Err(Error::Busy(format!(
@@ -254,8 +276,11 @@ impl StateStore for FileStore {
     }
 
     fn try_lock(&self, scope: &str) -> Result<Option<Box<dyn LockGuard>>> {
-        let path = self.locks.join(format!("scope-{}", Key::new([scope]).as_str()));
-        Ok(FileLock::acquire(&path, Some(Duration::ZERO), scope)?.map(|l| Box::new(l) as Box<dyn LockGuard>))
+        let path = self
+            .locks
+            .join(format!("scope-{}", Key::new([scope]).as_str()));
+        Ok(FileLock::acquire(&path, Some(Duration::ZERO), scope)?
+            .map(|l| Box::new(l) as Box<dyn LockGuard>))
     }
 
     fn describe(&self) -> String {
@@ -272,7 +297,10 @@ fn matches_expectation(current: Option<u64>, expect: Expect) -> bool {
 }
 
 fn next_version(current: Option<u64>) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     now.max(current.unwrap_or(0) + 1)
 }
 
@@ -285,13 +313,19 @@ fn decode(buf: &[u8]) -> Option<Versioned> {
     let rest = buf.strip_prefix(MAGIC)?;
     let nl = rest.iter().position(|&b| b == b'\n')?;
     let version = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
-    Some(Versioned { version, value: rest[nl + 1..].to_vec() })
+    Some(Versioned {
+        version,
+        value: rest[nl + 1..].to_vec(),
+    })
 }
 
 /// A temporary file left by a writer that died before its rename: removed once its writer is
 /// gone (the pid is in its name).
 fn remove_stale_tmp(path: &Path, name: &str) {
-    let pid: Option<i32> = name.strip_prefix(".tmp-").and_then(|r| r.split('-').next()).and_then(|p| p.parse().ok());
+    let pid: Option<i32> = name
+        .strip_prefix(".tmp-")
+        .and_then(|r| r.split('-').next())
+        .and_then(|p| p.parse().ok());
     if let Some(pid) = pid {
         if pid != std::process::id() as i32 && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_file(path);
@@ -303,7 +337,10 @@ fn create_private_dir(d: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     match fs::DirBuilder::new().recursive(true).mode(0o700).create(d) {
         Ok(()) => Ok(()),
-        Err(e) => Err(Error::io(format!("create state directory {}", d.display()), e)),
+        Err(e) => Err(Error::io(
+            format!("create state directory {}", d.display()),
+            e,
+        )),
     }
 }
 
@@ -333,7 +370,10 @@ impl FileLock {
                 // SAFETY: fd is a valid open descriptor owned by `file`.
                 let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
                 if rc == 0 {
-                    return Ok(Some(FileLock { file, scope: scope.to_string() }));
+                    return Ok(Some(FileLock {
+                        file,
+                        scope: scope.to_string(),
+                    }));
                 }
                 let err = io::Error::last_os_error();
                 if err.kind() != io::ErrorKind::Interrupted {
@@ -349,10 +389,15 @@ impl FileLock {
             // SAFETY: as above.
             let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
             if rc == 0 {
-                return Ok(Some(FileLock { file, scope: scope.to_string() }));
+                return Ok(Some(FileLock {
+                    file,
+                    scope: scope.to_string(),
+                }));
             }
             let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != io::ErrorKind::Interrupted {
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK)
+                && err.kind() != io::ErrorKind::Interrupted
+            {
                 return Err(Error::io(format!("lock {}", path.display()), err));
             }
             let now = Instant::now();
@@ -393,7 +438,11 @@ mod tests {
     pub(crate) struct TempDir(PathBuf);
     impl TempDir {
         fn new() -> Self {
-            let p = std::env::temp_dir().join(format!("netloom-store-test-{}-{}", std::process::id(), next_tmp_id()));
+            let p = std::env::temp_dir().join(format!(
+                "netloom-store-test-{}-{}",
+                std::process::id(),
+                next_tmp_id()
+            ));
             TempDir(p)
         }
     }
@@ -408,37 +457,67 @@ mod tests {
         let (s, _d) = tmp_store();
         let k = Key::new(["networks", "web"]);
         assert_eq!(s.get(&k).unwrap(), None);
-        let PutOutcome::Written(v1) = s.put(&k, b"one", Expect::Absent).unwrap() else { panic!() };
-        assert_eq!(s.put(&k, b"two", Expect::Absent).unwrap(), PutOutcome::Mismatch(Some(v1)));
-        assert_eq!(s.put(&k, b"two", Expect::Version(v1 + 999)).unwrap(), PutOutcome::Mismatch(Some(v1)));
-        let PutOutcome::Written(v2) = s.put(&k, b"two", Expect::Version(v1)).unwrap() else { panic!() };
+        let PutOutcome::Written(v1) = s.put(&k, b"one", Expect::Absent).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            s.put(&k, b"two", Expect::Absent).unwrap(),
+            PutOutcome::Mismatch(Some(v1))
+        );
+        assert_eq!(
+            s.put(&k, b"two", Expect::Version(v1 + 999)).unwrap(),
+            PutOutcome::Mismatch(Some(v1))
+        );
+        let PutOutcome::Written(v2) = s.put(&k, b"two", Expect::Version(v1)).unwrap() else {
+            panic!()
+        };
         assert!(v2 > v1);
         assert_eq!(s.get(&k).unwrap().unwrap().value, b"two");
-        assert_eq!(s.delete(&k, Expect::Version(v1)).unwrap(), PutOutcome::Mismatch(Some(v2)));
+        assert_eq!(
+            s.delete(&k, Expect::Version(v1)).unwrap(),
+            PutOutcome::Mismatch(Some(v2))
+        );
         assert!(s.delete(&k, Expect::Version(v2)).unwrap().is_written());
         assert_eq!(s.get(&k).unwrap(), None);
         // Deleting again is fine, and a re-created key never reuses an old version.
         assert!(s.delete(&k, Expect::Any).unwrap().is_written());
-        let PutOutcome::Written(v3) = s.put(&k, b"three", Expect::Absent).unwrap() else { panic!() };
+        let PutOutcome::Written(v3) = s.put(&k, b"three", Expect::Absent).unwrap() else {
+            panic!()
+        };
         assert!(v3 > v2);
     }
 
     #[test]
     fn value_and_children_coexist_and_list_by_prefix() {
         let (s, _d) = tmp_store();
-        s.put_json(&Key::new(["networks", "web"]), &1u32, Expect::Any).unwrap();
-        s.put_json(&Key::new(["networks", "web", "endpoints", "a"]), &2u32, Expect::Any).unwrap();
-        s.put_json(&Key::new(["networks", "web2"]), &3u32, Expect::Any).unwrap();
-        s.put_json(&Key::new(["ipam", "10.0.0.0/24"]), &4u32, Expect::Any).unwrap();
+        s.put_json(&Key::new(["networks", "web"]), &1u32, Expect::Any)
+            .unwrap();
+        s.put_json(
+            &Key::new(["networks", "web", "endpoints", "a"]),
+            &2u32,
+            Expect::Any,
+        )
+        .unwrap();
+        s.put_json(&Key::new(["networks", "web2"]), &3u32, Expect::Any)
+            .unwrap();
+        s.put_json(&Key::new(["ipam", "10.0.0.0/24"]), &4u32, Expect::Any)
+            .unwrap();
         let all: Vec<(Key, u64, u32)> = s.list_json(&Key::new(["networks"])).unwrap();
         let names: Vec<String> = all.iter().map(|(k, _, _)| k.to_string()).collect();
-        assert_eq!(names, vec!["networks/web", "networks/web/endpoints/a", "networks/web2"]);
+        assert_eq!(
+            names,
+            vec!["networks/web", "networks/web/endpoints/a", "networks/web2"]
+        );
         let web: Vec<(Key, u64, u32)> = s.list_json(&Key::new(["networks", "web"])).unwrap();
         assert_eq!(web.len(), 2);
         let ipam: Vec<(Key, u64, u32)> = s.list_json(&Key::new(["ipam"])).unwrap();
         assert_eq!(ipam[0].0.last().as_deref(), Some("10.0.0.0/24"));
         // Deleting a child leaves the parent's value alone.
-        s.delete(&Key::new(["networks", "web", "endpoints", "a"]), Expect::Any).unwrap();
+        s.delete(
+            &Key::new(["networks", "web", "endpoints", "a"]),
+            Expect::Any,
+        )
+        .unwrap();
         assert!(s.get(&Key::new(["networks", "web"])).unwrap().is_some());
     }
 
@@ -474,7 +553,10 @@ mod tests {
                     for _ in 0..25 {
                         loop {
                             let (v, n): (u64, u64) = s.get_json(&k).unwrap().unwrap();
-                            if s.put_json(&k, &(n + 1), Expect::Version(v)).unwrap().is_written() {
+                            if s.put_json(&k, &(n + 1), Expect::Version(v))
+                                .unwrap()
+                                .is_written()
+                            {
                                 break;
                             }
                         }

@@ -61,14 +61,19 @@ impl Key {
 
     /// The last segment, unescaped.
     pub fn last(&self) -> Option<String> {
-        self.0.rsplit('/').next().filter(|s| !s.is_empty()).map(unescape)
+        self.0
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .map(unescape)
     }
 
     /// Whether `self` is `prefix` or lies below it.
     pub fn starts_with(&self, prefix: &Key) -> bool {
         prefix.0.is_empty()
             || self.0 == prefix.0
-            || (self.0.starts_with(&prefix.0) && self.0.as_bytes().get(prefix.0.len()) == Some(&b'/'))
+            || (self.0.starts_with(&prefix.0)
+                && self.0.as_bytes().get(prefix.0.len()) == Some(&b'/'))
     }
 }
 

@@ -92,13 +92,21 @@ pub trait StateStoreExt: StateStore {
         }
     }
 
-    fn put_json<T: serde::Serialize>(&self, key: &Key, value: &T, expect: Expect) -> Result<PutOutcome> {
+    fn put_json<T: serde::Serialize>(
+        &self,
+        key: &Key,
+        value: &T,
+        expect: Expect,
+    ) -> Result<PutOutcome> {
         let bytes = serde_json::to_vec(value)
             .map_err(|e| crate::Error::json(format!("encode state entry {key}"), e))?;
         self.put(key, &bytes, expect)
     }
 
-    fn list_json<T: serde::de::DeserializeOwned>(&self, prefix: &Key) -> Result<Vec<(Key, u64, T)>> {
+    fn list_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &Key,
+    ) -> Result<Vec<(Key, u64, T)>> {
         self.list(prefix)?
             .into_iter()
             .map(|(k, v)| {
