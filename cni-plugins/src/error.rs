@@ -297,7 +297,7 @@ mod tests {
             (e.code, e.msg.as_str()),
             (102, "endpoint abc: create veth: netlink: File exists")
         );
-        assert_eq!(e.details, "File exists");
+        assert_eq!(e.details, "create veth: netlink: File exists");
     }
 
     #[test]

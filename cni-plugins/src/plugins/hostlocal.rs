@@ -74,11 +74,16 @@ pub fn is_builtin(ipam_type: &str) -> bool {
 }
 
 fn parse_subnet(s: &str, at: &str) -> Result<IpNetwork, CniError> {
-    let n: IpNetwork = s.parse().map_err(|_| {
+    let bad = || {
         CniError::invalid_config(format!(
             "{at}: subnet {s:?} is not a CIDR (like 10.1.0.0/24)"
         ))
-    })?;
+    };
+    // ipnetwork reads a bare address as a /32; host-local wants the prefix spelled out.
+    if !s.contains('/') {
+        return Err(bad());
+    }
+    let n: IpNetwork = s.parse().map_err(|_| bad())?;
     // host-local accepts host bits ("10.1.0.5/24") and means the network.
     IpNetwork::new(n.network(), n.prefix())
         .map_err(|_| CniError::invalid_config(format!("{at}: subnet {s:?} is not valid")))
