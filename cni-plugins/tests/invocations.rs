@@ -1109,7 +1109,7 @@ fn plugin_errors_from_engine_keep_their_kind() {
         replay(&fake, &e),
         (
             1,
-            r#"{"cniVersion":"1.0.0","code":100,"msg":"network cncl-net","details":"pool 10.79.0.0/24 has no free address"}"#
+            r#"{"cniVersion":"1.0.0","code":100,"msg":"network cncl-net: pool 10.79.0.0/24 has no free address","details":"pool 10.79.0.0/24 has no free address"}"#
                 .into()
         )
     );
