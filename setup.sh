@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-PKGS=(iproute2 nftables ca-certificates pkg-config)
+PKGS=(iproute2 nftables iptables ca-certificates pkg-config libnftnl-dev libmnl-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -56,5 +56,9 @@ if [ -x /usr/local/bin/netloomd ] && [ -f daemon/netloomd.service ]; then
         pkill -x netloomd || true
         nohup /usr/local/bin/netloomd >/var/log/netloomd.log 2>&1 &
     fi
+fi
+if [ -x /usr/local/bin/netloomd ] && command -v dockerd >/dev/null; then
+    # Docker looks plugins up by socket name on first use: no dockerd restart is needed.
+    echo "  Docker: docker network create -d netloom-bridge --ipam-driver netloom-ipam NAME"
 fi
 echo "netloom installed."

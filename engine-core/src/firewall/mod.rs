@@ -4,6 +4,19 @@
 //! configuration once, then adds and removes endpoints (addresses and published ports) one at a
 //! time. Implementations (nftables, iptables) program each call in one kernel transaction and
 //! keep per-endpoint entries in sets/maps so adding one container never rewrites the others.
+//!
+//! Backends: [`NftFirewall`] (default; netlink, one atomic batch per operation) and
+//! [`IptablesFirewall`] (fallback; one `iptables-restore --noflush` per family and operation).
+//! [`select`] picks one. What they program and how to inspect it: README.md beside this file.
+
+pub mod iptables;
+pub mod ir;
+pub mod nft;
+pub mod plan;
+mod sysctl;
+
+#[cfg(test)]
+mod golden;
 
 use std::net::IpAddr;
 
@@ -64,4 +77,59 @@ pub trait Firewaller: Send + Sync {
 
     /// Reports what is missing without changing anything.
     fn check(&self, net: &NetworkRules, eps: &[EndpointRules]) -> Result<Vec<Drift>>;
+}
+
+pub use self::iptables::IptablesFirewall;
+pub use self::nft::NftFirewall;
+
+/// Which backend to use (`--firewall nftables|iptables|auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallChoice {
+    Nftables,
+    Iptables,
+    /// nftables when the kernel offers it, else iptables.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for FirewallChoice {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "nftables" | "nft" => Ok(FirewallChoice::Nftables),
+            "iptables" => Ok(FirewallChoice::Iptables),
+            "auto" | "" => Ok(FirewallChoice::Auto),
+            _ => Err(crate::error::Error::InvalidConfig(format!(
+                "firewall backend {s:?} is not one of nftables, iptables, auto"
+            ))),
+        }
+    }
+}
+
+/// Builds the chosen backend for `netns` (None: the calling thread's namespace).
+pub fn select(
+    choice: FirewallChoice,
+    netns: Option<crate::netns::Netns>,
+) -> Result<Box<dyn Firewaller>> {
+    let ns = match netns {
+        Some(ns) => ns,
+        None => crate::netns::Netns::current()?,
+    };
+    match choice {
+        FirewallChoice::Nftables => Ok(Box::new(NftFirewall::in_netns(ns)?)),
+        FirewallChoice::Iptables => Ok(Box::new(IptablesFirewall::in_netns(ns)?)),
+        FirewallChoice::Auto => {
+            // Reopen by inode-stable path so the fallback still has a handle if nft fails.
+            let path = ns.path().to_path_buf();
+            match NftFirewall::in_netns(ns) {
+                Ok(f) => Ok(Box::new(f)),
+                Err(e) => {
+                    tracing::info!(error = %e, "nftables unavailable; using iptables");
+                    let ns = crate::netns::Netns::open(&path)?;
+                    Ok(Box::new(IptablesFirewall::in_netns(ns)?))
+                }
+            }
+        }
+    }
 }
