@@ -99,6 +99,7 @@ fn network() -> NetworkRules {
         icc: true,
         internal: false,
         isolate: true,
+        open_inbound: false,
     }
 }
 

@@ -671,7 +671,8 @@ pub fn network_rules(net: &Network) -> Option<NetworkRules> {
         masquerade: flag("ip_masquerade", true) && !net.internal,
         icc: flag("icc", true),
         internal: net.internal,
-        isolate: true,
+        isolate: flag("isolate", true),
+        open_inbound: flag("open_inbound", false),
     })
 }
 

@@ -19,8 +19,8 @@ fn main() {
         add_check_del_every_version,
     )
     .test(
-        "cni::pod_to_pod_and_pod_to_outside",
-        NET,
+        "cni::pod_to_pod_and_masquerade_to_outside",
+        &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::Nftables],
         pod_to_pod_and_outside,
     )
     .test("cni::dual_stack_ipv6", NET, dual_stack)
@@ -297,7 +297,7 @@ fn add_check_del_every_version() -> Result<(), String> {
 }
 
 fn pod_to_pod_and_outside() -> Result<(), String> {
-    let mut net = Net::new("p2p", "1.0.0", json!({}))?;
+    let mut net = Net::new("p2p", "1.0.0", json!({"ipMasq": true}))?;
     let a = net.host.container("a")?;
     let b = net.host.container("b")?;
     let ra = net.call("ADD", "pa", Some(&a), "eth0")?.ok()?;
@@ -335,23 +335,27 @@ fn pod_to_pod_and_outside() -> Result<(), String> {
         &["ip", "addr", "add", "198.18.7.2/24", "dev", "peer0"],
     )?;
     run_in_path(&out, &["ip", "link", "set", "peer0", "up"])?;
-    run_in_path(
-        &out,
-        &[
-            "ip",
-            "route",
-            "add",
-            &net.subnet.to_string(),
-            "via",
-            "198.18.7.1",
-        ],
-    )?;
+    // The outside host has no route back to the pod subnet: only masquerade (ipMasq, through
+    // the firewall engine) makes this ping work.
     ping(&a, "198.18.7.2")?;
+    let table = || -> Result<String, String> {
+        let out = net.host.sh(&["nft", "list", "table", "inet", "netloom"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    ensure(
+        table()?.contains("masquerade"),
+        "no masquerade rule in table inet netloom",
+    )?;
     net.call("DEL", "pa", Some(&a), "eth0")?.ok()?;
     net.call("DEL", "pb", Some(&b), "eth0")?.ok()?;
     ensure(
         net.ports()? == 0 && net.leases() == 0,
         "leftovers after DEL",
+    )?;
+    let rules = table()?;
+    ensure(
+        !rules.contains("ep=pa/") && !rules.contains("ep=pb/"),
+        format!("the firewall still names a deleted container:\n{rules}"),
     )
 }
 

@@ -255,6 +255,7 @@ impl Lab {
             icc: true,
             internal: false,
             isolate: true,
+            open_inbound: false,
         };
         f(&mut n);
         self.fw

@@ -30,6 +30,9 @@ pub struct BridgeConf {
     pub promisc_mode: bool,
     pub vlan: Option<u16>,
     pub macspoofchk: bool,
+    /// netloom's own: keep this network apart from other netloom networks (off by default,
+    /// as with the reference plugin).
+    pub isolate: bool,
     /// netloom's own: where the state store lives.
     pub state_dir: Option<PathBuf>,
 }
@@ -94,6 +97,10 @@ impl Parsed {
         options.insert("ip_masquerade".into(), c.ip_masq.to_string());
         options.insert("hairpin".into(), c.hairpin_mode.to_string());
         options.insert("promisc".into(), c.promisc_mode.to_string());
+        options.insert("isolate".into(), c.isolate.to_string());
+        // Pod subnets are routed between nodes: unlike Docker, do not limit inbound traffic to
+        // published ports.
+        options.insert("open_inbound".into(), "true".into());
         let subnets = self
             .ipam
             .range_sets

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use engine_core::engine::{Engine, OverlapPolicy};
+use engine_core::firewall::{select, FirewallChoice, Firewaller};
 use engine_core::ipam::RangeSpec;
 use engine_core::ipam::{Ipam, PoolRequest, OPT_ALLOW_OVERLAP};
 use engine_core::netlink::Netlink;
@@ -38,6 +39,18 @@ pub struct Context {
     pub store: Arc<dyn StateStore>,
     pub ipam: Arc<StoreIpam>,
     pub engine: Engine,
+    pub firewall: Arc<dyn Firewaller>,
+}
+
+/// The firewall backend: `NETLOOM_FIREWALL` (nftables, iptables, auto; default auto).
+fn firewall() -> Result<Arc<dyn Firewaller>, CniError> {
+    let choice = std::env::var("NETLOOM_FIREWALL").unwrap_or_else(|_| "auto".into());
+    let choice: FirewallChoice = choice.parse().map_err(|_| {
+        CniError::invalid_env(format!(
+            "NETLOOM_FIREWALL={choice:?}: use nftables, iptables or auto"
+        ))
+    })?;
+    Ok(Arc::from(select(choice, None)?))
 }
 
 impl Context {
@@ -46,11 +59,12 @@ impl Context {
         // Default pools must not collide with routes on this host; asked only when one is chosen.
         let routes: ipam::RouteProvider = Box::new(|| Netlink::connect()?.host_routes());
         let ipam = Arc::new(StoreIpam::new(store.clone(), routes));
+        let firewall = firewall()?;
         let engine = Engine::new(
             store.clone(),
             ipam.clone(),
             drivers::registry(),
-            None,
+            Some(firewall.clone()),
             Arc::new(NetlinkSandboxes),
             None,
         );
@@ -58,6 +72,7 @@ impl Context {
             store,
             ipam,
             engine,
+            firewall,
         })
     }
 

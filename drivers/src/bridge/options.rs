@@ -13,6 +13,10 @@ pub const IP_MASQUERADE: &str = "ip_masquerade";
 pub const ICC: &str = "icc";
 pub const HAIRPIN: &str = "hairpin";
 pub const PROMISC: &str = "promisc";
+/// Keep the network apart from other netloom networks (Docker's behaviour).
+pub const ISOLATE: &str = "isolate";
+/// Let outside traffic reach containers directly, not only through published ports.
+pub const OPEN_INBOUND: &str = "open_inbound";
 
 const BOOLS: &[(&str, bool)] = &[
     (IS_GATEWAY, true),
@@ -22,6 +26,8 @@ const BOOLS: &[(&str, bool)] = &[
     (ICC, true),
     (HAIRPIN, false),
     (PROMISC, false),
+    (ISOLATE, true),
+    (OPEN_INBOUND, false),
 ];
 
 /// The parsed options.

@@ -203,11 +203,13 @@ pub fn network_lines(n: &NetworkRules, fam: IpFamily, peers: &[Peer]) -> Vec<Lin
             FORWARD,
             format!("-i {b} {} -j ACCEPT", t("outbound")),
         ));
-        out.push(Line::new(
-            "filter",
-            FORWARD,
-            format!("-o {b} {} -j DROP", t("unpublished")),
-        ));
+        if !n.open_inbound {
+            out.push(Line::new(
+                "filter",
+                FORWARD,
+                format!("-o {b} {} -j DROP", t("unpublished")),
+            ));
+        }
     }
     for (pid, pbr, piso) in peers {
         if pid == plan::net_part(&n.network_id) || pbr == b || !(n.isolate || *piso) {

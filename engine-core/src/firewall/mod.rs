@@ -41,6 +41,11 @@ pub struct NetworkRules {
     pub internal: bool,
     /// Keep this network apart from other netloom networks.
     pub isolate: bool,
+    /// Let traffic from elsewhere reach the containers directly (routed pod networks: CNI
+    /// users route pod subnets between nodes). false = Docker's nat mode: only published
+    /// ports are reachable from outside.
+    #[serde(default)]
+    pub open_inbound: bool,
 }
 
 /// One endpoint's firewall entries.

@@ -604,6 +604,8 @@ pub fn network_chains(n: &NetworkRules) -> Vec<Chain> {
     }
     let to = if n.internal {
         vec![rule("internal", vec![Verdict(self::Verdict::Drop)])]
+    } else if n.open_inbound {
+        vec![rule("routed", vec![Verdict(self::Verdict::Accept)])]
     } else {
         vec![
             rule("published", vec![CtDnat, Verdict(self::Verdict::Accept)]),
@@ -1116,6 +1118,7 @@ pub(crate) mod tests {
             icc: true,
             internal: false,
             isolate: true,
+            open_inbound: false,
         }
     }
 
