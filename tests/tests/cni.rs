@@ -52,6 +52,11 @@ fn main() {
     )
     .test("cni::loopback_plugin", &[Cap::Root], loopback)
     .test(
+        "cni::portmap_chain_publishes_conflicts_and_unpublishes",
+        &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::Nftables],
+        portmap_chain,
+    )
+    .test(
         "cni::netloom_ipam_under_reference_bridge",
         &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::RefCni],
         ipam_under_reference_bridge,
@@ -771,4 +776,146 @@ fn ipam_under_reference_bridge() -> Result<(), String> {
         count_values(&host.state_dir().join("data/ipam/leases")) == 0,
         "lease not released by DEL",
     )
+}
+
+/// Connects to `addr` from inside `netns` and reads what the server says.
+fn fetch(netns: &Path, addr: &str) -> Result<String, String> {
+    use std::io::Read;
+    let ns = engine_core::netns::Netns::open(netns).map_err(|e| e.to_string())?;
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    ns.run(move || -> Result<String, String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        Ok(out)
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// A TCP server in `netns` that answers every connection with `greeting`, until the test ends.
+fn serve(netns: &Path, port: u16, greeting: &'static str) -> Result<(), String> {
+    use std::io::Write;
+    let ns = engine_core::netns::Netns::open(netns).map_err(|e| e.to_string())?;
+    // The socket stays in the namespace it was made in after the thread leaves.
+    let listener = ns
+        .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("bind {port}: {e}"))?;
+    thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let _ = c.write_all(greeting.as_bytes());
+        }
+    });
+    Ok(())
+}
+
+/// netloom-bridge then netloom-portmap, chained as a runtime chains them.
+fn portmap_chain() -> Result<(), String> {
+    let mut net = Net::new("pm", "1.0.0", json!({"ipMasq": true}))?;
+    let a = net.host.container("a")?;
+    let b = net.host.container("b")?;
+    let out = net.host.container("out")?;
+    // The outside client reaches the fake host on 198.18.9.1.
+    net.host.sh(&[
+        "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "peer0",
+    ])?;
+    net.host.sh(&[
+        "ip",
+        "link",
+        "set",
+        "peer0",
+        "netns",
+        &out.to_string_lossy(),
+    ])?;
+    net.host
+        .sh(&["ip", "addr", "add", "198.18.9.1/24", "dev", "uplink"])?;
+    net.host.sh(&["ip", "link", "set", "uplink", "up"])?;
+    run_in_path(
+        &out,
+        &["ip", "addr", "add", "198.18.9.2/24", "dev", "peer0"],
+    )?;
+    run_in_path(&out, &["ip", "link", "set", "peer0", "up"])?;
+    let portmap = our_bin("netloom-portmap")?;
+    let pm_conf = |prev: &Value, host_port: u16| {
+        json!({"cniVersion": "1.0.0", "name": net.conf["name"], "type": "netloom-portmap",
+            "capabilities": {"portMappings": true}, "stateDir": net.host.state_dir(),
+            "runtimeConfig": {"portMappings": [{"hostPort": host_port, "containerPort": 8080, "protocol": "tcp"}]},
+            "prevResult": prev})
+    };
+    let ra = net.call("ADD", "pma", Some(&a), "eth0")?.ok()?;
+    let call_a = Call {
+        command: "ADD",
+        container_id: "pma",
+        netns: Some(&a),
+        ifname: "eth0",
+        args: "",
+    };
+    let out_a = run(&net.host, &portmap, &call_a, &pm_conf(&ra, 18080))?.ok()?;
+    ensure(
+        out_a == ra,
+        "portmap must pass the prevResult through unchanged",
+    )?;
+    serve(&a, 8080, "hello from a")?;
+    let got = fetch(&out, "198.18.9.1:18080")?;
+    ensure(
+        got == "hello from a",
+        format!("published port answered {got:?}"),
+    )?;
+    // The same host port for another container: a conflict naming the holder, nothing changed.
+    let rb = net.call("ADD", "pmb", Some(&b), "eth0")?.ok()?;
+    let call_b = Call {
+        command: "ADD",
+        container_id: "pmb",
+        netns: Some(&b),
+        ifname: "eth0",
+        args: "",
+    };
+    let msg = run(&net.host, &portmap, &call_b, &pm_conf(&rb, 18080))?.err_code(101)?;
+    ensure(
+        msg.contains("pma/eth0"),
+        format!("conflict does not name the holder: {msg}"),
+    )?;
+    ensure(
+        fetch(&out, "198.18.9.1:18080")? == "hello from a",
+        "the holder stopped working after a conflict",
+    )?;
+    // CHECK, then DEL in reverse order: the port is gone.
+    let check = Call {
+        command: "CHECK",
+        ..call_a.clone()
+    };
+    run(&net.host, &portmap, &check, &pm_conf(&ra, 18080))?.ok()?;
+    let del_a = Call {
+        command: "DEL",
+        ..call_a.clone()
+    };
+    run(&net.host, &portmap, &del_a, &pm_conf(&ra, 18080))?.ok()?;
+    ensure(
+        fetch(&out, "198.18.9.1:18080").is_err(),
+        "port still published after DEL",
+    )?;
+    run(&net.host, &portmap, &del_a, &pm_conf(&ra, 18080))?.ok()?;
+    let del_b = Call {
+        command: "DEL",
+        ..call_b.clone()
+    };
+    run(&net.host, &portmap, &del_b, &pm_conf(&rb, 18080))?.ok()?;
+    net.call("DEL", "pma", Some(&a), "eth0")?.ok()?;
+    net.call("DEL", "pmb", Some(&b), "eth0")?.ok()?;
+    let rules = String::from_utf8_lossy(
+        &net.host
+            .sh(&["nft", "list", "table", "inet", "netloom"])?
+            .stdout,
+    )
+    .into_owned();
+    ensure(
+        !rules.contains("18080"),
+        format!("published port left in the firewall:\n{rules}"),
+    )?;
+    net.conf = Value::Null;
+    Ok(())
 }

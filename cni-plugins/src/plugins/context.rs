@@ -17,20 +17,17 @@ use ipam::StoreIpam;
 use crate::error::CniError;
 use crate::plugins::hostlocal::IpamConf;
 
-/// Where the state store lives: the plugin's `stateDir` key, else `NETLOOM_STATE_DIR`, else the
-/// IPAM section's `dataDir` + `/.netloom` (host-local's key: existing configs keep their
-/// separation), else
-/// /var/lib/netloom.
-pub fn state_dir(plugin_state_dir: Option<PathBuf>, ipam: Option<&IpamConf>) -> PathBuf {
+/// Where the state store lives: the plugin's `stateDir` key, else `NETLOOM_STATE_DIR`, else
+/// /var/lib/netloom. Every plugin of a chain must agree (portmap finds the network netloom-bridge
+/// made there), so nothing chain-specific such as IPAM's `dataDir` moves it; `dataDir` only
+/// places host-local's lease files (see [`crate::plugins::mirror`]).
+pub fn state_dir(plugin_state_dir: Option<PathBuf>, _ipam: Option<&IpamConf>) -> PathBuf {
     plugin_state_dir
         .or_else(|| {
             std::env::var_os("NETLOOM_STATE_DIR")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         })
-        // Under dataDir, in a directory no CNI network name can take (names start with a
-        // letter or digit), beside host-local's per-network lease directories.
-        .or_else(|| ipam.and_then(|i| i.data_dir.as_ref().map(|d| d.join(".netloom"))))
         .unwrap_or_else(|| PathBuf::from("/var/lib/netloom"))
 }
 

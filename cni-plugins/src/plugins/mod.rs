@@ -6,3 +6,4 @@ pub mod hostlocal;
 pub mod ipam;
 pub mod loopback;
 pub mod mirror;
+pub mod portmap;
