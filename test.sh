@@ -18,6 +18,9 @@ fi
 # Debian packages the tests use. iproute2/nftables/iptables are independent tools the tests
 # check the product against (the product itself never execs them).
 PKGS=(iproute2 nftables iptables procps kmod ca-certificates pkg-config libnftnl-dev libmnl-dev iputils-ping containernetworking-plugins)
+# The Docker tests (tests/tests/docker.rs) start a private dockerd next to netloomd, with a
+# busybox image they build offline: Debian's dockerd and static busybox are all they need.
+PKGS+=(docker.io busybox-static)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

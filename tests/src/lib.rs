@@ -11,6 +11,7 @@
 
 pub mod caps;
 pub mod cni;
+pub mod docker;
 pub mod fakehost;
 pub mod names;
 pub mod sweep;

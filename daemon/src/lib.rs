@@ -1,0 +1,24 @@
+//! netloomd: Docker's remote NetworkDriver and IpamDriver plugin protocols over netloom's engine.
+//!
+//! - [`docker_api`]: the protocol's wire structs.
+//! - [`translate`]: Docker's option spellings, addresses and port bindings → netloom's model.
+//! - [`service`]: one synchronous method per protocol call, over the engine.
+//! - [`records`]: what the Docker front door stores beside the engine's records.
+//! - [`reconcile`]: startup recovery after a crash or reboot.
+//! - [`http`]: axum routers (plugin sockets, admin API); [`server`]: unix sockets.
+//! - [`metrics`], [`config`], [`fault`] (test-only crash points).
+
+pub mod config;
+pub mod docker_api;
+pub mod fault;
+pub mod http;
+pub mod metrics;
+pub mod reconcile;
+pub mod records;
+pub mod run;
+pub mod server;
+pub mod service;
+pub mod translate;
+
+#[cfg(test)]
+mod tests;
