@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use engine_core::engine::network_rules;
-use engine_core::firewall::{EndpointRules, Firewaller, NetworkRules};
+use engine_core::firewall::{EndpointRules, NetworkRules};
 use engine_core::{Expect, Key, StateStoreExt};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
