@@ -119,7 +119,7 @@ pub struct Txn {
     undoer: Arc<dyn Undoer>,
     record: Record,
     version: u64,
-    _alive: Box<dyn LockGuard>,
+    alive: Option<Box<dyn LockGuard>>,
     done: bool,
 }
 
@@ -156,7 +156,7 @@ impl Txn {
             undoer,
             record,
             version,
-            _alive: alive,
+            alive: Some(alive),
             done: false,
         })
     }
@@ -195,12 +195,20 @@ impl Txn {
     /// The operation succeeded: forget how to undo it.
     pub fn commit(mut self) -> Result<()> {
         self.done = true;
-        self.store
-            .delete(
-                &record_key(&self.record.scope, &self.record.id),
-                Expect::Any,
-            )
-            .map(|_| ())
+        self.store.delete(
+            &record_key(&self.record.scope, &self.record.id),
+            Expect::Any,
+        )?;
+        self.forget_lock();
+        Ok(())
+    }
+
+    /// Once the record is gone its liveness lock has nothing left to guard: remove it so
+    /// one-shot lock files do not pile up in the store.
+    fn forget_lock(&mut self) {
+        if let Some(l) = self.alive.take() {
+            l.release_and_forget();
+        }
     }
 
     /// The operation failed: undo every step, newest first. Undo errors are collected, not
@@ -208,7 +216,9 @@ impl Txn {
     pub fn rollback(mut self) -> Result<()> {
         self.done = true;
         let errors = undo_all(self.undoer.as_ref(), &self.record.steps);
-        finish(self.store.as_ref(), &self.record, errors)
+        finish(self.store.as_ref(), &self.record, errors)?;
+        self.forget_lock();
+        Ok(())
     }
 }
 
@@ -218,8 +228,11 @@ impl Drop for Txn {
             // An early return or a panic between begin and commit: undo now rather than leave
             // the work to the next operation's recovery.
             let errors = undo_all(self.undoer.as_ref(), &self.record.steps);
-            if let Err(e) = finish(self.store.as_ref(), &self.record, errors) {
-                tracing::warn!(journal = %self.record.id, error = %e, "rollback on drop incomplete");
+            match finish(self.store.as_ref(), &self.record, errors) {
+                Ok(()) => self.forget_lock(),
+                Err(e) => {
+                    tracing::warn!(journal = %self.record.id, error = %e, "rollback on drop incomplete")
+                }
             }
         }
     }
@@ -281,20 +294,24 @@ fn recover_prefix(store: &dyn StateStore, undoer: &dyn Undoer, prefix: &Key) -> 
     let mut out = Recovery::default();
     for (key, _version, record) in store.list_json::<Record>(prefix)? {
         // Still running somewhere (this process or another): not ours to touch.
-        let Some(_guard) = store.try_lock(&lock_name(&record.id))? else {
+        let Some(guard) = store.try_lock(&lock_name(&record.id))? else {
             continue;
         };
         // The owner may have committed (deleting the record, then releasing the lock) between
         // our listing and our lock: only a record that is still there once we hold its lock
         // belongs to a dead process. Re-read it, too: its steps may have grown since the list.
         let Some((_, record)) = store.get_json::<Record>(&key)? else {
+            guard.release_and_forget();
             continue;
         };
         tracing::info!(journal = %record.id, operation = %record.operation, pid = record.pid,
             steps = record.steps.len(), "rolling back an operation whose process died");
         let errors = undo_all(undoer, &record.steps);
         match finish(store, &record, errors) {
-            Ok(()) => out.rolled_back.push(record),
+            Ok(()) => {
+                guard.release_and_forget();
+                out.rolled_back.push(record);
+            }
             Err(e) => out.failed.push((record, e)),
         }
     }
@@ -453,6 +470,26 @@ mod tests {
         t.rollback().unwrap();
         assert_eq!(*u.0.lock().unwrap(), vec!["undo two", "undo one"]);
         assert!(s.list(&Key::new(["journal"])).unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn finished_operations_leave_no_lock_files() {
+        let (s, dir) = store();
+        let u = Arc::new(Recording::default());
+        for _ in 0..5 {
+            let mut t = Txn::begin(s.clone(), u.clone(), "network/l", "op").unwrap();
+            t.record(custom("x")).unwrap();
+            t.commit().unwrap();
+        }
+        let t = Txn::begin(s.clone(), u.clone(), "network/l", "op").unwrap();
+        t.rollback().unwrap();
+        let locks = std::fs::read_dir(dir.join("locks")).unwrap().flatten();
+        let journal_locks: Vec<String> = locks
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("journal"))
+            .collect();
+        assert!(journal_locks.is_empty(), "{journal_locks:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

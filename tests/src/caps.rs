@@ -176,13 +176,19 @@ fn probe_link(ns: &Netns, kind: &str) -> Result<(), String> {
             "link", "add", "pvx", "type", "vxlan", "id", "42", "dstport", "4789",
         ],
         "macvlan" | "ipvlan" | "vlan" => {
-            // They need a parent: a bridge works for all three.
-            let _ = probe_cmd(ns, "ip", &["link", "add", "pparent", "type", "bridge"]);
+            // They need a parent: a bridge works for all three, but one of its own each (the
+            // kernel refuses ipvlan on a parent that already has a macvlan).
+            let parent = match kind {
+                "macvlan" => "ppmacvlan",
+                "ipvlan" => "ppipvlan",
+                _ => "ppvlan",
+            };
+            let _ = probe_cmd(ns, "ip", &["link", "add", parent, "type", "bridge"]);
             match kind {
-                "macvlan" => vec!["link", "add", "pmv", "link", "pparent", "type", "macvlan"],
-                "ipvlan" => vec!["link", "add", "piv", "link", "pparent", "type", "ipvlan"],
+                "macvlan" => vec!["link", "add", "pmv", "link", parent, "type", "macvlan"],
+                "ipvlan" => vec!["link", "add", "piv", "link", parent, "type", "ipvlan"],
                 _ => vec![
-                    "link", "add", "pvl", "link", "pparent", "type", "vlan", "id", "5",
+                    "link", "add", "pvl", "link", parent, "type", "vlan", "id", "5",
                 ],
             }
         }

@@ -349,6 +349,7 @@ fn create_private_dir(d: &Path) -> Result<()> {
 struct FileLock {
     file: File,
     scope: String,
+    path: PathBuf,
 }
 
 impl FileLock {
@@ -373,6 +374,7 @@ impl FileLock {
                     return Ok(Some(FileLock {
                         file,
                         scope: scope.to_string(),
+                        path: path.to_path_buf(),
                     }));
                 }
                 let err = io::Error::last_os_error();
@@ -392,6 +394,7 @@ impl FileLock {
                 return Ok(Some(FileLock {
                     file,
                     scope: scope.to_string(),
+                    path: path.to_path_buf(),
                 }));
             }
             let err = io::Error::last_os_error();
@@ -413,6 +416,12 @@ impl FileLock {
 impl LockGuard for FileLock {
     fn scope(&self) -> &str {
         &self.scope
+    }
+
+    fn release_and_forget(self: Box<Self>) {
+        // Unlink while still holding the lock: whoever opens the path afterwards gets a new
+        // file and a free lock, which is right once the scope's work is over.
+        let _ = fs::remove_file(&self.path);
     }
 }
 

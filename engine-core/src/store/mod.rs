@@ -50,6 +50,11 @@ impl PutOutcome {
 pub trait LockGuard: Send {
     /// The scope this lock was taken on.
     fn scope(&self) -> &str;
+
+    /// Releases the lock and forgets the scope, for one-shot scopes (a journal's liveness
+    /// lock) that would otherwise pile up. Only for scopes taken with `try_lock`: a waiter on
+    /// a removed scope would hold a lock nobody else can see.
+    fn release_and_forget(self: Box<Self>) {}
 }
 
 /// netloom's state: networks, endpoints, IPAM leases, firewall records and undo journals.
