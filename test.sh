@@ -18,6 +18,8 @@ fi
 # Debian packages the tests use. iproute2/nftables/iptables are independent tools the tests
 # check the product against (the product itself never execs them).
 PKGS=(iproute2 nftables iptables procps kmod ca-certificates pkg-config libnftnl-dev libmnl-dev iputils-ping containernetworking-plugins)
+# The real-kernel lane (tests/kernel/): QEMU, and what run-in-kernel.sh builds its initramfs from.
+PKGS+=(qemu-system-x86 busybox-static cpio zstd xz-utils)
 # The Docker tests (tests/tests/docker.rs) start a private dockerd next to netloomd, with a
 # busybox image they build offline: Debian's dockerd and static busybox are all they need.
 PKGS+=(docker.io busybox-static)
@@ -30,6 +32,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The kernel the lane boots: Debian's linux-image, unpacked under /var/tmp/kroot (nothing is
+# installed in /boot). Fetched once; run-in-kernel.sh --install-deps knows how.
+export RUN_IN_KERNEL_ROOT=${RUN_IN_KERNEL_ROOT:-/var/tmp/kroot}
+if ! ls "$RUN_IN_KERNEL_ROOT"/boot/vmlinuz-6.* >/dev/null 2>&1; then
+    log "fetch the kernel for the kernel lane into $RUN_IN_KERNEL_ROOT"
+    mkdir -p "$RUN_IN_KERNEL_ROOT"
+    tests/kernel/run-in-kernel.sh --install-deps
 fi
 
 if ! command -v cargo >/dev/null; then
@@ -56,4 +67,38 @@ log "cargo build --workspace"
 cargo build --workspace --all-targets
 
 log "cargo test (unit, root and integration tests)"
-cargo test --workspace --features engine-core/root-tests -- "${filter[@]}"
+# Every runner's "test result:" line goes to one log, summed up at the end into one closing line.
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+set +e
+cargo test --workspace --lib --bins --tests --features engine-core/root-tests -- "${filter[@]}" 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+
+# ipvlan, 802.1Q VLANs and dummy links are not in this machine's kernel: those tests run in
+# Debian's kernel under QEMU, one boot for the whole set (tests/kernel/lane.sh). With a filter,
+# the lane runs only when the filter selects some of its tests.
+lane_filter="kernel::"
+if [ "${#filter[@]}" -gt 0 ]; then
+    case "vlan::kernel::" in
+        *"${filter[0]}"*) ;;
+        *) case "${filter[0]}" in vlan::kernel::*) lane_filter="${filter[0]}" ;; *) lane_filter="" ;; esac ;;
+    esac
+fi
+if [ -n "$lane_filter" ]; then
+    log "kernel lane: vlan tests in Debian's kernel under QEMU"
+    set +e
+    tests/kernel/lane.sh "$lane_filter" 2>&1 | tee -a "$results"
+    lane=${PIPESTATUS[0]}
+    set -e
+    [ "$lane" = 0 ] || status=$lane
+fi
+
+read -r passed failed ignored < <(awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i
+        }
+    } END { print p+0, f+0, g+0 }' "$results")
+echo
+echo "netloom: $passed passed, $failed failed, $ignored skipped"
+exit "$status"

@@ -4,6 +4,7 @@
 
 pub mod bridge;
 pub mod naming;
+pub mod vlan;
 
 use std::sync::Arc;
 
@@ -12,6 +13,8 @@ use engine_core::engine::DriverRegistry;
 /// Registers every driver this build has.
 pub fn register_all(registry: &mut DriverRegistry) {
     registry.register(Arc::new(bridge::BridgeDriver));
+    registry.register(Arc::new(vlan::VlanDriver::macvlan()));
+    registry.register(Arc::new(vlan::VlanDriver::ipvlan()));
 }
 
 /// A registry with every driver.

@@ -4,8 +4,9 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use netlink_packet_route::link::{
-    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind,
-    InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode, State,
+    InfoBridge, InfoBridgePort, InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoPortData,
+    InfoPortKind, InfoVeth, InfoVlan, InfoVxlan, IpVlanFlags, IpVlanMode, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage, MacVlanMode, State,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -737,5 +738,297 @@ fn parse_link_info(link: &mut Link, infos: Vec<LinkInfo>) {
             }
             _ => {}
         }
+    }
+}
+
+// ---------------------------------------------------------------- ipvlan, 802.1Q vlan, dummy
+//
+// Builders for the macvlan/ipvlan drivers (drivers/src/vlan). Self-contained: the types, the
+// create calls and one read-back of the kind-specific settings.
+
+/// The layer at which an ipvlan switches between its slaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IpvlanMode {
+    #[default]
+    L2,
+    L3,
+    L3s,
+}
+
+impl IpvlanMode {
+    fn to_netlink(self) -> IpVlanMode {
+        match self {
+            IpvlanMode::L2 => IpVlanMode::L2,
+            IpvlanMode::L3 => IpVlanMode::L3,
+            IpvlanMode::L3s => IpVlanMode::L3S,
+        }
+    }
+}
+
+/// How ipvlan slaves of one parent reach each other (`IFLA_IPVLAN_FLAGS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IpvlanFlag {
+    /// Slaves talk to each other inside the kernel.
+    #[default]
+    Bridge,
+    /// Slaves cannot talk to each other.
+    Private,
+    /// Slave-to-slave traffic goes out to the switch (which must hairpin it).
+    Vepa,
+}
+
+impl IpvlanFlag {
+    fn to_netlink(self) -> IpVlanFlags {
+        match self {
+            IpvlanFlag::Bridge => IpVlanFlags::empty(),
+            IpvlanFlag::Private => IpVlanFlags::Private,
+            IpvlanFlag::Vepa => IpVlanFlags::Vepa,
+        }
+    }
+}
+
+/// An ipvlan to create on a parent link. Its slaves share the parent's MAC address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpvlanSpec {
+    pub name: String,
+    pub parent: u32,
+    pub mode: IpvlanMode,
+    pub flag: IpvlanFlag,
+    pub mtu: Option<u32>,
+}
+
+impl IpvlanSpec {
+    pub fn new(name: impl Into<String>, parent: u32, mode: IpvlanMode, flag: IpvlanFlag) -> Self {
+        IpvlanSpec {
+            name: name.into(),
+            parent,
+            mode,
+            flag,
+            mtu: None,
+        }
+    }
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
+        self
+    }
+}
+
+/// An 802.1Q VLAN sub-interface to create (`ip link add link eth1 name eth1.50 type vlan id 50`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VlanSpec {
+    pub name: String,
+    pub parent: u32,
+    /// 1-4094.
+    pub id: u16,
+    pub mtu: Option<u32>,
+}
+
+impl VlanSpec {
+    pub fn new(name: impl Into<String>, parent: u32, id: u16) -> Self {
+        VlanSpec {
+            name: name.into(),
+            parent,
+            id,
+            mtu: None,
+        }
+    }
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
+        self
+    }
+}
+
+/// The kind-specific settings of a link, as the kernel reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkDetails {
+    pub vlan_id: Option<u16>,
+    pub macvlan_mode: Option<MacvlanMode>,
+    pub ipvlan_mode: Option<IpvlanMode>,
+    pub ipvlan_flag: Option<IpvlanFlag>,
+}
+
+fn macvlan_message(spec: &MacvlanSpec) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(spec.name.clone()));
+    m.attributes.push(LinkAttribute::Link(spec.parent));
+    push_common(&mut m, spec.mtu, spec.mac);
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::MacVlan),
+        LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+            spec.mode.to_netlink(),
+        )])),
+    ]));
+    m
+}
+
+fn ipvlan_message(spec: &IpvlanSpec) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(spec.name.clone()));
+    m.attributes.push(LinkAttribute::Link(spec.parent));
+    push_common(&mut m, spec.mtu, None);
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::IpVlan),
+        LinkInfo::Data(InfoData::IpVlan(vec![
+            InfoIpVlan::Mode(spec.mode.to_netlink()),
+            InfoIpVlan::Flags(spec.flag.to_netlink()),
+        ])),
+    ]));
+    m
+}
+
+impl Netlink {
+    /// Creates a macvlan directly inside `netns` under its final name (the parent is looked up
+    /// in this client's namespace). Saves the move between namespaces, which costs the kernel
+    /// an RCU grace period. Nothing is returned: the link is not in this client's namespace.
+    pub fn create_macvlan_in<F: AsFd + ?Sized>(&self, spec: &MacvlanSpec, netns: &F) -> Result<()> {
+        validate_ifname(&spec.name)?;
+        let mut m = macvlan_message(spec);
+        m.attributes.push(LinkAttribute::NetNsFd(ns_fd(netns)));
+        self.exec(
+            &|| {
+                format!(
+                    "create macvlan {} on ifindex {} in another namespace",
+                    spec.name, spec.parent
+                )
+            },
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates an ipvlan on `spec.parent` (down); returns it.
+    pub fn create_ipvlan(&self, spec: &IpvlanSpec) -> Result<Link> {
+        validate_ifname(&spec.name)?;
+        self.create(
+            &|| format!("create ipvlan {} on ifindex {}", spec.name, spec.parent),
+            ipvlan_message(spec),
+            &spec.name,
+        )
+    }
+
+    /// Like [`Netlink::create_macvlan_in`], for an ipvlan.
+    pub fn create_ipvlan_in<F: AsFd + ?Sized>(&self, spec: &IpvlanSpec, netns: &F) -> Result<()> {
+        validate_ifname(&spec.name)?;
+        let mut m = ipvlan_message(spec);
+        m.attributes.push(LinkAttribute::NetNsFd(ns_fd(netns)));
+        self.exec(
+            &|| {
+                format!(
+                    "create ipvlan {} on ifindex {} in another namespace",
+                    spec.name, spec.parent
+                )
+            },
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates an 802.1Q VLAN sub-interface (down); returns it.
+    pub fn create_vlan(&self, spec: &VlanSpec) -> Result<Link> {
+        validate_ifname(&spec.name)?;
+        if !(1..=4094).contains(&spec.id) {
+            return Err(Error::InvalidConfig(format!(
+                "VLAN id {} of {} is out of range (1-4094)",
+                spec.id, spec.name
+            )));
+        }
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(spec.name.clone()));
+        m.attributes.push(LinkAttribute::Link(spec.parent));
+        push_common(&mut m, spec.mtu, None);
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vlan),
+            LinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(spec.id)])),
+        ]));
+        self.create(
+            &|| {
+                format!(
+                    "create vlan {} (id {}) on ifindex {}",
+                    spec.name, spec.id, spec.parent
+                )
+            },
+            m,
+            &spec.name,
+        )
+    }
+
+    /// Creates a dummy link (down); returns it. Kernels without CONFIG_DUMMY answer
+    /// `EOPNOTSUPP` ("Unknown device type").
+    pub fn create_dummy(&self, name: &str, mtu: Option<u32>) -> Result<Link> {
+        validate_ifname(name)?;
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        push_common(&mut m, mtu, None);
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Dummy,
+            )]));
+        self.create(&|| format!("create dummy {name}"), m, name)
+    }
+
+    /// The kind-specific settings of a link (VLAN id, macvlan or ipvlan mode); `None` when the
+    /// link does not exist.
+    pub fn link_details(&self, link: impl Into<LinkRef>) -> Result<Option<LinkDetails>> {
+        let link = link.into();
+        let m = link_message(&link);
+        let what = || format!("look up details of link {link}");
+        let Some(RouteNetlinkMessage::NewLink(m)) =
+            self.get_one(&what, RouteNetlinkMessage::GetLink(m), NO_SUCH_LINK)?
+        else {
+            return Ok(None);
+        };
+        let mut d = LinkDetails::default();
+        for a in m.attributes {
+            let LinkAttribute::LinkInfo(infos) = a else {
+                continue;
+            };
+            for i in infos {
+                match i {
+                    LinkInfo::Data(InfoData::Vlan(v)) => {
+                        d.vlan_id = v.iter().find_map(|x| match x {
+                            InfoVlan::Id(id) => Some(*id),
+                            _ => None,
+                        });
+                    }
+                    LinkInfo::Data(InfoData::MacVlan(v)) => {
+                        d.macvlan_mode = v.iter().find_map(|x| match x {
+                            InfoMacVlan::Mode(MacVlanMode::Private) => Some(MacvlanMode::Private),
+                            InfoMacVlan::Mode(MacVlanMode::Vepa) => Some(MacvlanMode::Vepa),
+                            InfoMacVlan::Mode(MacVlanMode::Bridge) => Some(MacvlanMode::Bridge),
+                            InfoMacVlan::Mode(MacVlanMode::Passthrough) => {
+                                Some(MacvlanMode::Passthru)
+                            }
+                            InfoMacVlan::Mode(MacVlanMode::Source) => Some(MacvlanMode::Source),
+                            _ => None,
+                        });
+                    }
+                    LinkInfo::Data(InfoData::IpVlan(v)) => {
+                        for x in v {
+                            match x {
+                                InfoIpVlan::Mode(IpVlanMode::L2) => {
+                                    d.ipvlan_mode = Some(IpvlanMode::L2)
+                                }
+                                InfoIpVlan::Mode(IpVlanMode::L3) => {
+                                    d.ipvlan_mode = Some(IpvlanMode::L3)
+                                }
+                                InfoIpVlan::Mode(IpVlanMode::L3S) => {
+                                    d.ipvlan_mode = Some(IpvlanMode::L3s)
+                                }
+                                InfoIpVlan::Flags(f) if f.contains(IpVlanFlags::Private) => {
+                                    d.ipvlan_flag = Some(IpvlanFlag::Private)
+                                }
+                                InfoIpVlan::Flags(f) if f.contains(IpVlanFlags::Vepa) => {
+                                    d.ipvlan_flag = Some(IpvlanFlag::Vepa)
+                                }
+                                InfoIpVlan::Flags(_) => d.ipvlan_flag = Some(IpvlanFlag::Bridge),
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Some(d))
     }
 }

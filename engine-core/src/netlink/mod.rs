@@ -54,8 +54,8 @@ use crate::netns::Netns;
 
 pub use addr::{AddrOptions, Address};
 pub use link::{
-    BridgePortInfo, BridgeSpec, Link, LinkKind, MacvlanMode, MacvlanSpec, OperState, VethSpec,
-    VxlanSpec,
+    BridgePortInfo, BridgeSpec, IpvlanFlag, IpvlanMode, IpvlanSpec, Link, LinkDetails, LinkKind,
+    MacvlanMode, MacvlanSpec, OperState, VethSpec, VlanSpec, VxlanSpec,
 };
 pub use neigh::{FdbAdd, FdbEntry, Neighbour, NeighbourState};
 pub use route::{Route, RouteKind, RouteSpec, RT_TABLE_MAIN};

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The real-kernel test lane: runs the integration tests that need kernel features this
+# machine's kernel lacks (ipvlan, 802.1Q VLANs, dummy links) inside Debian's own kernel under
+# QEMU, in ONE boot, and prints their libtest output (ok / FAILED / ignored per test) as the
+# rest of the suite does. Exit status: the tests' (124: time limit, 125: the guest died).
+#
+#   tests/kernel/lane.sh [FILTER]      default FILTER: kernel:: (the vlan suite's kernel tests)
+#
+# Needs root and the packages `run-in-kernel.sh --install-deps` installs (./test.sh does that).
+# The kernel comes from RUN_IN_KERNEL_ROOT (default /var/tmp/kroot: an unpacked
+# linux-image-*-amd64 .deb, nothing installed in /boot). The debug build is shared read-only
+# into the guest over 9p at the same path, so the test binary finds the plugins beside it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+filter=${1:-kernel::}
+export RUN_IN_KERNEL_ROOT=${RUN_IN_KERNEL_ROOT:-/var/tmp/kroot}
+export CARGO_TERM_COLOR=never
+
+# The binaries the tests run: the vlan integration test and the CNI plugins it execs, built
+# with the features ./test.sh's `cargo test` uses, so after it this rebuilds nothing.
+features=(--features "${NETLOOM_LANE_FEATURES:-engine-core/root-tests}")
+cargo build -q -p cni-plugins --bins "${features[@]}"
+testbin=$(cargo test -q -p tests --test vlan --no-run --message-format=json "${features[@]}" 2>/dev/null \
+  | grep -o '"executable":"[^"]*/vlan-[^"]*"' | cut -d'"' -f4 | tail -n 1)
+[[ -x $testbin ]] || { echo "lane: cannot find the vlan test binary" >&2; exit 1; }
+target=$(cd "$(dirname "$testbin")/../.." && pwd)
+
+job=$(mktemp "${TMPDIR:-/tmp}/netloom-lane.XXXXXX")
+trap 'rm -f "$job"' EXIT
+cat >"$job" <<JOB
+#!/bin/sh
+echo "lane: kernel \$(uname -r), \$(nproc) cpu"
+cd /tmp
+# Two test threads: the guest has two CPUs, and most of each test is waiting on the kernel.
+'$testbin' '$filter' --test-threads=2
+JOB
+
+# libgcc_s is the one library of a Rust binary that the base image lacks.
+exec "$here/run-in-kernel.sh" -c 2 -M 1536M -t "${NETLOOM_LANE_TIMEOUT:-420}" \
+  -s "$target:$target" -f /lib/x86_64-linux-gnu/libgcc_s.so.1 \
+  -e NETLOOM_KERNEL_LANE=1 -e NETLOOM_TEST_STRICT=1 -e RUST_BACKTRACE=1 \
+  "$job"
