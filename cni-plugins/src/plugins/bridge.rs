@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use engine_core::engine::{AttachRequest, SandboxSetup};
 use engine_core::ipam::Ipam;
-use engine_core::model::{NetworkSpec, RouteSpec, Sandbox, SubnetConfig};
+use engine_core::model::{NetworkSpec, Sandbox, SubnetConfig};
 use engine_core::{AttachmentKey, Options};
 use serde::Deserialize;
 
@@ -156,36 +156,13 @@ fn requested_mac(req: &Request) -> Option<String> {
         .or_else(|| req.args.get("MAC").map(str::to_string))
 }
 
-/// IPAM routes as sandbox routes: a route without `gw` goes via the gateway of its family.
-fn ipam_routes(routes: &[Route], gateways: &[IpAddr]) -> Vec<RouteSpec> {
-    routes
-        .iter()
-        .map(|r| RouteSpec {
-            destination: r.dst,
-            gateway: r.gw.or_else(|| {
-                gateways
-                    .iter()
-                    .copied()
-                    .find(|g| g.is_ipv4() == r.dst.is_ipv4())
-            }),
-        })
-        .collect()
-}
-
 impl Plugin for BridgePlugin {
     fn name(&self) -> &str {
         "netloom-bridge"
     }
 
     fn known_args(&self) -> &[&str] {
-        &[
-            "K8S_POD_NAMESPACE",
-            "K8S_POD_NAME",
-            "K8S_POD_INFRA_CONTAINER_ID",
-            "K8S_POD_UID",
-            "IP",
-            "MAC",
-        ]
+        super::MAIN_PLUGIN_ARGS
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
@@ -207,7 +184,7 @@ impl Plugin for BridgePlugin {
             static_addresses: requested_ips(req)?,
             mac: requested_mac(req),
             ports: Vec::new(),
-            extra_routes: ipam_routes(&p.ipam.routes, &gateways),
+            extra_routes: p.ipam.sandbox_routes(&gateways),
             options: Options::new(),
         };
         let a = ctx.engine.attach(&attach)?;

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use engine_core::ipam::RangeSpec;
+use engine_core::model::RouteSpec;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -157,6 +158,23 @@ impl IpamConf {
             data_dir: raw.data_dir,
             resolv_conf: raw.resolv_conf,
         })
+    }
+
+    /// The IPAM routes as sandbox routes: a route without `gw` goes via the gateway of its
+    /// family, as the reference plugins configure it.
+    pub fn sandbox_routes(&self, gateways: &[IpAddr]) -> Vec<RouteSpec> {
+        self.routes
+            .iter()
+            .map(|r| RouteSpec {
+                destination: r.dst,
+                gateway: r.gw.or_else(|| {
+                    gateways
+                        .iter()
+                        .copied()
+                        .find(|g| g.is_ipv4() == r.dst.is_ipv4())
+                }),
+            })
+            .collect()
     }
 
     /// The pool id of range set `i` of network `network`.

@@ -41,13 +41,7 @@ impl Plugin for IpamPlugin {
     }
 
     fn known_args(&self) -> &[&str] {
-        &[
-            "K8S_POD_NAMESPACE",
-            "K8S_POD_NAME",
-            "K8S_POD_INFRA_CONTAINER_ID",
-            "K8S_POD_UID",
-            "IP",
-        ]
+        &super::MAIN_PLUGIN_ARGS[..5]
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use engine_core::engine::{AttachRequest, Engine, SandboxSetup};
 use engine_core::firewall::{EndpointRules, Firewaller, NetworkRules};
 use engine_core::ipam::{AddressRequest, Ipam, Release};
-use engine_core::model::{NetworkSpec, RouteSpec, Sandbox, SubnetConfig};
+use engine_core::model::{NetworkSpec, Sandbox, SubnetConfig};
 use engine_core::netlink::Netlink;
 use engine_core::sandbox::NetlinkSandboxes;
 use engine_core::store::file::FileStore;
@@ -373,7 +373,7 @@ impl Parsed {
             static_addresses: requested_ips(req)?,
             mac: requested_mac(req, &self.conf),
             ports: Vec::new(),
-            extra_routes: ipam_routes(&self.ipam.routes, &gateways),
+            extra_routes: self.ipam.sandbox_routes(&gateways),
             options: Options::new(),
         };
         let a = ctx.engine.attach(&attach)?;
@@ -430,36 +430,13 @@ fn requested_mac(req: &Request, conf: &VlanConf) -> Option<String> {
         .or_else(|| conf.mac.clone())
 }
 
-/// IPAM routes as sandbox routes: a route without `gw` goes via the gateway of its family.
-fn ipam_routes(routes: &[Route], gateways: &[IpAddr]) -> Vec<RouteSpec> {
-    routes
-        .iter()
-        .map(|r| RouteSpec {
-            destination: r.dst,
-            gateway: r.gw.or_else(|| {
-                gateways
-                    .iter()
-                    .copied()
-                    .find(|g| g.is_ipv4() == r.dst.is_ipv4())
-            }),
-        })
-        .collect()
-}
-
 impl Plugin for VlanPlugin {
     fn name(&self) -> &str {
         self.name
     }
 
     fn known_args(&self) -> &[&str] {
-        &[
-            "K8S_POD_NAMESPACE",
-            "K8S_POD_NAME",
-            "K8S_POD_INFRA_CONTAINER_ID",
-            "K8S_POD_UID",
-            "IP",
-            "MAC",
-        ]
+        super::MAIN_PLUGIN_ARGS
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
