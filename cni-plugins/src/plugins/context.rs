@@ -36,7 +36,7 @@ pub struct Context {
     pub store: Arc<dyn StateStore>,
     pub ipam: Arc<StoreIpam>,
     pub engine: Engine,
-    pub firewall: Arc<dyn Firewaller>,
+    pub firewall: Option<Arc<dyn Firewaller>>,
 }
 
 /// The firewall backend: `NETLOOM_FIREWALL` (nftables, iptables, auto; default auto).
@@ -50,26 +50,61 @@ fn firewall() -> Result<Arc<dyn Firewaller>, CniError> {
     Ok(Arc::from(select(choice, None)?))
 }
 
+/// What a plugin needs opened besides the store and IPAM.
+#[derive(Debug, Clone, Default)]
+pub struct Needs {
+    /// Program the firewall (bridge, portmap). Opening it probes the backend: a netlink round
+    /// trip that plugins with nothing to filter (IPAM, macvlan) should not pay.
+    pub firewall: bool,
+    /// The namespace the engine treats as the host (macvlan's `linkInContainer`).
+    pub host_netns: Option<PathBuf>,
+}
+
 impl Context {
+    /// The store, IPAM and an engine with the firewall.
     pub fn open(dir: PathBuf) -> Result<Self, CniError> {
+        Self::open_with(
+            dir,
+            Needs {
+                firewall: true,
+                host_netns: None,
+            },
+        )
+    }
+
+    pub fn open_with(dir: PathBuf, needs: Needs) -> Result<Self, CniError> {
         let store: Arc<dyn StateStore> = Arc::new(FileStore::open(&dir)?);
         // Default pools must not collide with routes on this host; asked only when one is chosen.
         let routes: ipam::RouteProvider = Box::new(|| Netlink::connect()?.host_routes());
         let ipam = Arc::new(StoreIpam::new(store.clone(), routes));
-        let firewall = firewall()?;
+        let firewall = if needs.firewall {
+            Some(firewall()?)
+        } else {
+            None
+        };
         let engine = Engine::new(
             store.clone(),
             ipam.clone(),
             drivers::registry(),
-            Some(firewall.clone()),
+            firewall.clone(),
             Arc::new(NetlinkSandboxes),
-            None,
+            needs.host_netns,
         );
         Ok(Context {
             store,
             ipam,
             engine,
             firewall,
+        })
+    }
+
+    /// The firewall, for plugins that opened one.
+    pub fn firewall(&self) -> Result<&Arc<dyn Firewaller>, CniError> {
+        self.firewall.as_ref().ok_or_else(|| {
+            CniError::new(
+                crate::error::code::INTERNAL,
+                "this plugin opened no firewall",
+            )
         })
     }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::error::CniError;
 use crate::plugins::bridge::requested_ips;
-use crate::plugins::context::{state_dir, Context};
+use crate::plugins::context::{state_dir, Context, Needs};
 use crate::plugins::hostlocal::IpamConf;
 use crate::plugins::mirror::Mirror;
 use crate::result::{CniResult, IpConfig};
@@ -31,7 +31,7 @@ fn open(config: &crate::config::NetConf) -> Result<(IpamConf, Context), CniError
     })?;
     let conf = IpamConf::parse(ipam_obj)?;
     let top: TopConf = config.plugin_config()?;
-    let ctx = Context::open(state_dir(top.state_dir, Some(&conf)))?;
+    let ctx = Context::open_with(state_dir(top.state_dir, Some(&conf)), Needs::default())?;
     Ok((conf, ctx))
 }
 

@@ -15,24 +15,20 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use engine_core::engine::{AttachRequest, Engine, SandboxSetup};
-use engine_core::firewall::{EndpointRules, Firewaller, NetworkRules};
+use engine_core::engine::{AttachRequest, SandboxSetup};
 use engine_core::ipam::{AddressRequest, Ipam, Release};
 use engine_core::model::{NetworkSpec, Sandbox, SubnetConfig};
 use engine_core::netlink::Netlink;
-use engine_core::sandbox::NetlinkSandboxes;
-use engine_core::store::file::FileStore;
 use engine_core::store::LockGuard;
-use engine_core::{AttachmentKey, ErrorKind, Expect, Key, Options, StateStore, StateStoreExt};
+use engine_core::{AttachmentKey, ErrorKind, Expect, Key, Options, StateStoreExt};
 use serde::Deserialize;
 
 use drivers::vlan::{names, options as vopt, Kind};
 
 use crate::error::CniError;
 use crate::plugins::bridge::requested_ips;
-use crate::plugins::context::{state_dir, Context};
+use crate::plugins::context::{state_dir, Context, Needs};
 use crate::plugins::hostlocal::{is_builtin, IpamConf};
 use crate::plugins::mirror::Mirror;
 use crate::result::{CniResult, Interface, IpConfig, Route};
@@ -57,41 +53,6 @@ pub struct VlanConf {
     pub flag: Option<String>,
     /// netloom's: where the state store lives.
     pub state_dir: Option<PathBuf>,
-}
-
-/// The firewall of networks that have none (see `Parsed::context`).
-struct NoFirewall;
-
-impl Firewaller for NoFirewall {
-    fn backend(&self) -> &'static str {
-        "none"
-    }
-    fn setup_network(&self, _net: &NetworkRules) -> engine_core::Result<()> {
-        Ok(())
-    }
-    fn teardown_network(&self, _network_id: &str) -> engine_core::Result<()> {
-        Ok(())
-    }
-    fn add_endpoint(&self, _net: &NetworkRules, _ep: &EndpointRules) -> engine_core::Result<()> {
-        Ok(())
-    }
-    fn del_endpoint(&self, _net: &NetworkRules, _ep: &EndpointRules) -> engine_core::Result<()> {
-        Ok(())
-    }
-    fn reapply(
-        &self,
-        _nets: &[NetworkRules],
-        _eps: &[EndpointRules],
-    ) -> engine_core::Result<Vec<engine_core::Drift>> {
-        Ok(Vec::new())
-    }
-    fn check(
-        &self,
-        _net: &NetworkRules,
-        _eps: &[EndpointRules],
-    ) -> engine_core::Result<Vec<engine_core::Drift>> {
-        Ok(Vec::new())
-    }
 }
 
 /// The owner of the host shim's IPAM leases (a name no CNI container id can clash with in
@@ -212,36 +173,23 @@ fn default_route_interface() -> Result<String, CniError> {
 }
 
 impl Parsed {
-    /// The store, IPAM and engine. Built here rather than by `Context::open`: macvlan and ipvlan
-    /// networks have no firewall rules (there is no bridge to filter on), so probing a firewall
-    /// backend on every call — a thread in the host's namespace and a netlink round trip — would
-    /// be pure cost.
+    /// The store, IPAM and engine, without a firewall: macvlan and ipvlan networks have no
+    /// bridge to filter on, so probing a backend on every call would be pure cost.
     fn context(&self, netns: Option<&std::path::Path>) -> Result<Context, CniError> {
-        let dir = state_dir(self.conf.state_dir.clone(), Some(&self.ipam));
-        let store: Arc<dyn StateStore> = Arc::new(FileStore::open(&dir)?);
-        // Default pools must not collide with routes on this host; asked only when one is chosen.
-        let routes: ipam::RouteProvider = Box::new(|| Netlink::connect()?.host_routes());
-        let ipam = Arc::new(ipam::StoreIpam::new(store.clone(), routes));
         // With linkInContainer the master lives in the container, so the engine treats the
         // container as the host. Without a namespace (DEL after it is gone) there is nothing
         // there left to touch.
-        let host = netns
+        let host_netns = netns
             .filter(|p| self.conf.link_in_container && p.exists())
             .map(|p| p.to_path_buf());
-        let engine = Engine::new(
-            store.clone(),
-            ipam.clone(),
-            drivers::registry(),
-            None,
-            Arc::new(NetlinkSandboxes),
-            host,
-        );
-        Ok(Context {
-            store,
-            ipam,
-            engine,
-            firewall: Arc::new(NoFirewall),
-        })
+        let dir = state_dir(self.conf.state_dir.clone(), Some(&self.ipam));
+        Context::open_with(
+            dir,
+            Needs {
+                firewall: false,
+                host_netns,
+            },
+        )
     }
 
     /// Serialises ADD against the DEL that may delete the network.

@@ -144,10 +144,10 @@ impl Plugin for PortmapPlugin {
             endpoint: endpoint.clone(),
         };
         ctx.store.put_json(&key, &rec, Expect::Any)?;
-        let done = ctx
-            .firewall
+        let fw = ctx.firewall()?;
+        let done = fw
             .setup_network(&network)
-            .and_then(|_| ctx.firewall.add_endpoint(&network, &endpoint));
+            .and_then(|_| fw.add_endpoint(&network, &endpoint));
         if let Err(e) = done {
             let _ = ctx.store.delete(&key, Expect::Any);
             return Err(e.into());
@@ -161,7 +161,7 @@ impl Plugin for PortmapPlugin {
         let Some((_, rec)) = ctx.store.get_json::<Record>(&key)? else {
             return Ok(());
         };
-        ctx.firewall.del_endpoint(&rec.network, &rec.endpoint)?;
+        ctx.firewall()?.del_endpoint(&rec.network, &rec.endpoint)?;
         ctx.store.delete(&key, Expect::Any)?;
         Ok(())
     }
@@ -179,7 +179,7 @@ impl Plugin for PortmapPlugin {
             ));
         };
         let drift = ctx
-            .firewall
+            .firewall()?
             .check(&rec.network, std::slice::from_ref(&rec.endpoint))?;
         if drift.is_empty() {
             return Ok(());
@@ -213,7 +213,7 @@ impl Plugin for PortmapPlugin {
             if live {
                 continue;
             }
-            match ctx.firewall.del_endpoint(&rec.network, &rec.endpoint) {
+            match ctx.firewall()?.del_endpoint(&rec.network, &rec.endpoint) {
                 Ok(()) => {
                     ctx.store.delete(&key, Expect::Any)?;
                 }
