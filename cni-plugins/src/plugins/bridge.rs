@@ -13,7 +13,7 @@ use crate::error::CniError;
 use crate::plugins::context::{state_dir, Context};
 use crate::plugins::hostlocal::{is_builtin, IpamConf};
 use crate::plugins::mirror::Mirror;
-use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::result::CniResult;
 use crate::skel::{GcRequest, Plugin, Request, StatusRequest};
 
 /// The reference bridge plugin's configuration keys (defaults as there).
@@ -190,41 +190,7 @@ impl Plugin for BridgePlugin {
         let a = ctx.engine.attach(&attach)?;
         let ips: Vec<IpAddr> = a.endpoint.addresses.iter().map(|n| n.ip()).collect();
         Mirror::new(p.ipam.data_dir.as_deref(), name).add(&req.key, &ips);
-        let mut result = CniResult::default();
-        for h in &a.handoff.host_interfaces {
-            result.interfaces.push(Interface {
-                name: h.name.clone(),
-                mac: h.mac.clone(),
-                ..Default::default()
-            });
-        }
-        let container_index = result.interfaces.len();
-        result.interfaces.push(Interface {
-            name: req.key.ifname.clone(),
-            mac: a.endpoint.mac.clone(),
-            sandbox: Some(netns.to_string_lossy().into_owned()),
-            ..Default::default()
-        });
-        for addr in &a.endpoint.addresses {
-            let gateway = net
-                .subnets
-                .iter()
-                .find(|s| s.subnet.contains(addr.ip()))
-                .and_then(|s| s.gateway);
-            result.ips.push(IpConfig {
-                address: *addr,
-                gateway,
-                interface: Some(container_index),
-            });
-        }
-        for r in &a.join.routes {
-            result.routes.push(Route::new(r.destination, r.gateway));
-        }
-        result.dns = match req.config.dns.clone() {
-            Some(d) if !d.is_empty() => d,
-            _ => p.ipam.dns()?,
-        };
-        Ok(result)
+        super::attachment_result(&a, req, &netns, &p.ipam)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {

@@ -31,7 +31,7 @@ use crate::plugins::bridge::requested_ips;
 use crate::plugins::context::{state_dir, Context, Needs};
 use crate::plugins::hostlocal::{is_builtin, IpamConf};
 use crate::plugins::mirror::Mirror;
-use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::result::CniResult;
 use crate::skel::{GcRequest, Plugin, Request, StatusRequest};
 
 /// The configuration keys of both plugins (the reference ones, then netloom's).
@@ -395,7 +395,7 @@ impl Plugin for VlanPlugin {
         let pools = ctx.ensure_pools(name, &p.ipam)?;
         let lock = p.lock(&ctx, name)?;
         let attached = p.attach(&ctx, req, &pools, &netns);
-        let (net, a) = match attached {
+        let (_net, a) = match attached {
             Ok(x) => x,
             Err(e) => {
                 // A network (or a shim lease) this ADD made for nothing is not left behind.
@@ -414,33 +414,7 @@ impl Plugin for VlanPlugin {
         drop(lock);
         let ips: Vec<IpAddr> = a.endpoint.addresses.iter().map(|n| n.ip()).collect();
         Mirror::new(p.ipam.data_dir.as_deref(), name).add(&req.key, &ips);
-        let mut result = CniResult::default();
-        result.interfaces.push(Interface {
-            name: req.key.ifname.clone(),
-            mac: a.endpoint.mac.clone(),
-            sandbox: Some(netns.to_string_lossy().into_owned()),
-            ..Default::default()
-        });
-        for addr in &a.endpoint.addresses {
-            let gateway = net
-                .subnets
-                .iter()
-                .find(|s| s.subnet.contains(addr.ip()))
-                .and_then(|s| s.gateway);
-            result.ips.push(IpConfig {
-                address: *addr,
-                gateway,
-                interface: Some(0),
-            });
-        }
-        for r in &a.join.routes {
-            result.routes.push(Route::new(r.destination, r.gateway));
-        }
-        result.dns = match req.config.dns.clone() {
-            Some(d) if !d.is_empty() => d,
-            _ => p.ipam.dns()?,
-        };
-        Ok(result)
+        super::attachment_result(&a, req, &netns, &p.ipam)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {

@@ -20,3 +20,51 @@ pub const MAIN_PLUGIN_ARGS: &[&str] = &[
     "IP",
     "MAC",
 ];
+
+/// The ADD result of a main plugin: the host interfaces the driver reports (a bridge and the
+/// host veth), the container's interface, its addresses with their subnets' gateways, the
+/// routes it got, and DNS from the network config or else IPAM's `resolvConf`.
+pub fn attachment_result(
+    a: &engine_core::engine::Attachment,
+    req: &crate::skel::Request,
+    netns: &std::path::Path,
+    ipam: &hostlocal::IpamConf,
+) -> Result<crate::result::CniResult, crate::error::CniError> {
+    use crate::result::{CniResult, Interface, IpConfig, Route};
+    let mut result = CniResult::default();
+    for h in &a.handoff.host_interfaces {
+        result.interfaces.push(Interface {
+            name: h.name.clone(),
+            mac: h.mac.clone(),
+            ..Default::default()
+        });
+    }
+    let container_index = result.interfaces.len();
+    result.interfaces.push(Interface {
+        name: req.key.ifname.clone(),
+        mac: a.endpoint.mac.clone(),
+        sandbox: Some(netns.to_string_lossy().into_owned()),
+        ..Default::default()
+    });
+    for addr in &a.endpoint.addresses {
+        let gateway = a
+            .network
+            .subnets
+            .iter()
+            .find(|s| s.subnet.contains(addr.ip()))
+            .and_then(|s| s.gateway);
+        result.ips.push(IpConfig {
+            address: *addr,
+            gateway,
+            interface: Some(container_index),
+        });
+    }
+    for r in &a.join.routes {
+        result.routes.push(Route::new(r.destination, r.gateway));
+    }
+    result.dns = match req.config.dns.clone() {
+        Some(d) if !d.is_empty() => d,
+        _ => ipam.dns()?,
+    };
+    Ok(result)
+}
