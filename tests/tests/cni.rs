@@ -319,27 +319,8 @@ fn pod_to_pod_and_outside() -> Result<(), String> {
     ping(&a, &ip(&rb))?;
     ping(&b, &ip(&ra))?;
     ping(&a, &net.gateway())?;
-    // An "outside" host on another link of the fake host, routed (no NAT needed for this).
-    let out = net.host.container("out")?;
-    net.host.sh(&[
-        "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "peer0",
-    ])?;
-    net.host.sh(&[
-        "ip",
-        "link",
-        "set",
-        "peer0",
-        "netns",
-        &out.to_string_lossy(),
-    ])?;
-    net.host
-        .sh(&["ip", "addr", "add", "198.18.7.1/24", "dev", "uplink"])?;
-    net.host.sh(&["ip", "link", "set", "uplink", "up"])?;
-    run_in_path(
-        &out,
-        &["ip", "addr", "add", "198.18.7.2/24", "dev", "peer0"],
-    )?;
-    run_in_path(&out, &["ip", "link", "set", "peer0", "up"])?;
+    // An "outside" host on another link of the fake host (198.18.7.1 ↔ 198.18.7.2).
+    outside(&mut net.host, "198.18.7")?;
     // The outside host has no route back to the pod subnet: only masquerade (ipMasq, through
     // the firewall engine) makes this ping work.
     ping(&a, "198.18.7.2")?;
@@ -798,27 +779,8 @@ fn portmap_chain() -> Result<(), String> {
     let mut net = Net::new("pm", "1.0.0", json!({"ipMasq": true}))?;
     let a = net.host.container("a")?;
     let b = net.host.container("b")?;
-    let out = net.host.container("out")?;
     // The outside client reaches the fake host on 198.18.9.1.
-    net.host.sh(&[
-        "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "peer0",
-    ])?;
-    net.host.sh(&[
-        "ip",
-        "link",
-        "set",
-        "peer0",
-        "netns",
-        &out.to_string_lossy(),
-    ])?;
-    net.host
-        .sh(&["ip", "addr", "add", "198.18.9.1/24", "dev", "uplink"])?;
-    net.host.sh(&["ip", "link", "set", "uplink", "up"])?;
-    run_in_path(
-        &out,
-        &["ip", "addr", "add", "198.18.9.2/24", "dev", "peer0"],
-    )?;
-    run_in_path(&out, &["ip", "link", "set", "peer0", "up"])?;
+    let out = outside(&mut net.host, "198.18.9")?;
     let portmap = our_bin("netloom-portmap")?;
     let pm_conf = |prev: &Value, host_port: u16| {
         json!({"cniVersion": "1.0.0", "name": net.conf["name"], "type": "netloom-portmap",
@@ -897,4 +859,43 @@ fn portmap_chain() -> Result<(), String> {
         format!("published port left in the firewall:\n{rules}"),
     )?;
     Ok(())
+}
+
+/// An "outside" host: a namespace linked to the fake host by a veth, `<net>.1` on the fake
+/// host's side (`uplink`) and `<net>.2` on its own, with no route to any container subnet.
+fn outside(host: &mut FakeHost, net24: &str) -> Result<PathBuf, String> {
+    let out = host.container("out")?;
+    host.sh(&[
+        "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "peer0",
+    ])?;
+    host.sh(&[
+        "ip",
+        "link",
+        "set",
+        "peer0",
+        "netns",
+        &out.to_string_lossy(),
+    ])?;
+    host.sh(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{net24}.1/24"),
+        "dev",
+        "uplink",
+    ])?;
+    host.sh(&["ip", "link", "set", "uplink", "up"])?;
+    run_in_path(
+        &out,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{net24}.2/24"),
+            "dev",
+            "peer0",
+        ],
+    )?;
+    run_in_path(&out, &["ip", "link", "set", "peer0", "up"])?;
+    Ok(out)
 }
