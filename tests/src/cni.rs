@@ -127,3 +127,32 @@ pub fn run(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
+
+/// Merges the keys of `extra` (an object) into `base`, replacing what is there.
+pub fn merge(base: &mut Value, extra: Value) {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        for (k, v) in e {
+            b.insert(k, v);
+        }
+    }
+}
+
+/// How many values a state store directory (or part of it) holds: its `%v` files.
+pub fn count_values(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == "%v") {
+                1
+            } else if p.is_dir() {
+                count_values(&p)
+            } else {
+                0
+            }
+        })
+        .sum()
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 
 use serde_json::{json, Value};
-use tests::cni::{our_bin, run, Call};
+use tests::cni::{count_values, merge, our_bin, run, Call};
 use tests::fakehost::run_in_path;
 use tests::{names, run_main, Cap, FakeHost, Suite};
 
@@ -156,33 +156,6 @@ impl Net {
         let base = u32::from(self.subnet.network());
         std::net::Ipv4Addr::from(base + 1).to_string()
     }
-}
-
-fn merge(base: &mut Value, extra: Value) {
-    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
-        for (k, v) in e {
-            b.insert(k, v);
-        }
-    }
-}
-
-fn count_values(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.file_name().is_some_and(|n| n == "%v") {
-                1
-            } else if p.is_dir() {
-                count_values(&p)
-            } else {
-                0
-            }
-        })
-        .sum()
 }
 
 fn addrs_in(netns: &Path, ifname: &str) -> Result<String, String> {

@@ -19,7 +19,7 @@ use engine_core::store::file::FileStore;
 use engine_core::{AttachmentKey, Options, StateStore};
 use ipnetwork::Ipv4Network;
 use serde_json::{json, Value};
-use tests::cni::{our_bin, run, Call, Outcome};
+use tests::cni::{count_values, merge, our_bin, run, Call, Outcome};
 use tests::fakehost::{run_in_any, run_in_path};
 use tests::{names, run_main, Cap, FakeHost, Suite};
 
@@ -274,33 +274,6 @@ fn ip_of(r: &Value) -> Result<String, String> {
         .and_then(|a| a.split('/').next())
         .map(str::to_string)
         .ok_or_else(|| format!("no address in {r}"))
-}
-
-fn merge(base: &mut Value, extra: Value) {
-    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
-        for (k, v) in e {
-            b.insert(k, v);
-        }
-    }
-}
-
-fn count_values(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.file_name().is_some_and(|n| n == "%v") {
-                1
-            } else if p.is_dir() {
-                count_values(&p)
-            } else {
-                0
-            }
-        })
-        .sum()
 }
 
 fn ping(from: &Path, to: &str) -> Result<(), String> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use engine_core::engine::{AttachRequest, SandboxSetup};
 use engine_core::ipam::Ipam;
-use engine_core::model::{NetworkSpec, Sandbox, SubnetConfig};
+use engine_core::model::{NetworkSpec, Sandbox};
 use engine_core::{AttachmentKey, Options};
 use serde::Deserialize;
 
@@ -101,19 +101,7 @@ impl Parsed {
         // Pod subnets are routed between nodes: unlike Docker, do not limit inbound traffic to
         // published ports.
         options.insert("open_inbound".into(), "true".into());
-        let subnets = self
-            .ipam
-            .range_sets
-            .iter()
-            .zip(pools)
-            .flat_map(|(set, pool)| {
-                set.iter().map(move |r| SubnetConfig {
-                    subnet: r.subnet,
-                    gateway: r.gateway,
-                    pool_id: pool.clone(),
-                })
-            })
-            .collect::<Vec<_>>();
+        let subnets = self.ipam.subnets(pools);
         NetworkSpec {
             name: name.to_string(),
             driver: "bridge".into(),

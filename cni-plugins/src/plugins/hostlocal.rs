@@ -177,6 +177,22 @@ impl IpamConf {
             .collect()
     }
 
+    /// The network's subnets, each pointing at the pool of its range set (`pools` in range-set
+    /// order, as [`crate::plugins::context::Context::ensure_pools`] returns them).
+    pub fn subnets(&self, pools: &[String]) -> Vec<engine_core::model::SubnetConfig> {
+        self.range_sets
+            .iter()
+            .zip(pools)
+            .flat_map(|(set, pool)| {
+                set.iter().map(move |r| engine_core::model::SubnetConfig {
+                    subnet: r.subnet,
+                    gateway: r.gateway,
+                    pool_id: pool.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// The pool id of range set `i` of network `network`.
     pub fn pool_id(network: &str, i: usize) -> String {
         format!("cni:{network}:{i}")

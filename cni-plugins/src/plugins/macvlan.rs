@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use engine_core::engine::{AttachRequest, SandboxSetup};
 use engine_core::ipam::{AddressRequest, Ipam, Release};
-use engine_core::model::{NetworkSpec, Sandbox, SubnetConfig};
+use engine_core::model::{NetworkSpec, Sandbox};
 use engine_core::netlink::Netlink;
 use engine_core::store::LockGuard;
 use engine_core::{AttachmentKey, ErrorKind, Expect, Key, Options, StateStoreExt};
@@ -275,19 +275,7 @@ impl Parsed {
         }
         // CNI: routes come from the IPAM section, as with the reference plugins.
         options.insert(vopt::DEFAULT_ROUTE.into(), "false".into());
-        let subnets = self
-            .ipam
-            .range_sets
-            .iter()
-            .zip(pools)
-            .flat_map(|(set, pool)| {
-                set.iter().map(move |r| SubnetConfig {
-                    subnet: r.subnet,
-                    gateway: r.gateway,
-                    pool_id: pool.clone(),
-                })
-            })
-            .collect::<Vec<_>>();
+        let subnets = self.ipam.subnets(pools);
         Ok(NetworkSpec {
             name: name.to_string(),
             driver: self.kind.name().into(),

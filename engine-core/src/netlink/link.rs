@@ -882,15 +882,27 @@ impl Netlink {
     /// an RCU grace period. Nothing is returned: the link is not in this client's namespace.
     pub fn create_macvlan_in<F: AsFd + ?Sized>(&self, spec: &MacvlanSpec, netns: &F) -> Result<()> {
         validate_ifname(&spec.name)?;
-        let mut m = macvlan_message(spec);
+        self.create_in(
+            "macvlan",
+            &spec.name,
+            spec.parent,
+            macvlan_message(spec),
+            netns,
+        )
+    }
+
+    /// Sends a link creation with the target namespace attached (see `create_macvlan_in`).
+    fn create_in<F: AsFd + ?Sized>(
+        &self,
+        kind: &str,
+        name: &str,
+        parent: u32,
+        mut m: LinkMessage,
+        netns: &F,
+    ) -> Result<()> {
         m.attributes.push(LinkAttribute::NetNsFd(ns_fd(netns)));
         self.exec(
-            &|| {
-                format!(
-                    "create macvlan {} on ifindex {} in another namespace",
-                    spec.name, spec.parent
-                )
-            },
+            &|| format!("create {kind} {name} on ifindex {parent} in another namespace"),
             RouteNetlinkMessage::NewLink(m),
             NLM_F_CREATE | NLM_F_EXCL,
         )
@@ -909,17 +921,12 @@ impl Netlink {
     /// Like [`Netlink::create_macvlan_in`], for an ipvlan.
     pub fn create_ipvlan_in<F: AsFd + ?Sized>(&self, spec: &IpvlanSpec, netns: &F) -> Result<()> {
         validate_ifname(&spec.name)?;
-        let mut m = ipvlan_message(spec);
-        m.attributes.push(LinkAttribute::NetNsFd(ns_fd(netns)));
-        self.exec(
-            &|| {
-                format!(
-                    "create ipvlan {} on ifindex {} in another namespace",
-                    spec.name, spec.parent
-                )
-            },
-            RouteNetlinkMessage::NewLink(m),
-            NLM_F_CREATE | NLM_F_EXCL,
+        self.create_in(
+            "ipvlan",
+            &spec.name,
+            spec.parent,
+            ipvlan_message(spec),
+            netns,
         )
     }
 
