@@ -94,8 +94,10 @@ fn is_plain_or_escape(b: u8) -> bool {
 fn escape_into(segment: &str, out: &mut String) {
     // "." and ".." would be path navigation in a file store: escape their dots.
     let dots_only = !segment.is_empty() && segment.bytes().all(|b| b == b'.');
+    // An empty segment is a lone "%": escaping always writes "%XX", so no other segment is "%"
+    // ("%00" would collide with a segment holding one NUL byte).
     if segment.is_empty() {
-        out.push_str("%00");
+        out.push('%');
         return;
     }
     for b in segment.bytes() {
@@ -108,7 +110,7 @@ fn escape_into(segment: &str, out: &mut String) {
 }
 
 fn unescape(seg: &str) -> String {
-    if seg == "%00" {
+    if seg == "%" {
         return String::new();
     }
     let bytes = seg.as_bytes();
@@ -148,6 +150,15 @@ mod tests {
         assert_eq!(k.segments(), vec!["a", "..", "."]);
         assert!(Key::from_escaped("a/../b").is_none());
         assert!(Key::from_escaped("a//b").is_none());
+    }
+
+    #[test]
+    fn empty_and_nul_segments_differ() {
+        let empty = Key::new(["a", ""]);
+        let nul = Key::new(["a", "\0"]);
+        assert_ne!(empty, nul);
+        assert_eq!(empty.segments(), vec!["a", ""]);
+        assert_eq!(nul.segments(), vec!["a", "\0"]);
     }
 
     #[test]
