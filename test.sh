@@ -71,7 +71,8 @@ log "cargo test (unit, root and integration tests)"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 set +e
-cargo test --workspace --lib --bins --tests --features engine-core/root-tests -- "${filter[@]}" 2>&1 | tee "$results"
+# --no-fail-fast: one failing crate must not hide the results of the others.
+cargo test --no-fail-fast --workspace --lib --bins --tests --features engine-core/root-tests -- "${filter[@]}" 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
 set -e
 
