@@ -49,6 +49,10 @@ pub enum Error {
     Exhausted(String),
     #[error("{0}")]
     Busy(String),
+    /// A shared store (etcd) cannot be reached. Its kind is [`ErrorKind::Busy`] ("try again
+    /// later": CNI code 11, HTTP 503); [`Error::is_unavailable`] tells it from a held lock.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Incompatible(String),
     /// A kernel call failed; `errno` is kept so callers can tell EEXIST from ENODEV.
@@ -100,7 +104,7 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::Exhausted(_) => ErrorKind::Exhausted,
-            Error::Busy(_) => ErrorKind::Busy,
+            Error::Busy(_) | Error::Unavailable(_) => ErrorKind::Busy,
             Error::Incompatible(_) => ErrorKind::Incompatible,
             Error::Kernel { .. } | Error::Netlink { .. } => ErrorKind::Kernel,
             Error::Firewall(_) => ErrorKind::Firewall,
@@ -108,6 +112,15 @@ impl Error {
             Error::Json { .. } => ErrorKind::InvalidConfig,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Context { source, .. } => source.kind(),
+        }
+    }
+
+    /// Whether a shared store was unreachable somewhere in this error's chain.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unavailable(_) => true,
+            Error::Context { source, .. } => source.is_unavailable(),
+            _ => false,
         }
     }
 

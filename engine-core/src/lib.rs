@@ -23,4 +23,6 @@ pub mod store;
 
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use model::*;
-pub use store::{Expect, Key, PutOutcome, StateStore, StateStoreExt, Versioned};
+pub use store::{
+    Expect, Key, LeaseGuard, PutOutcome, StateStore, StateStoreExt, Versioned, WatchEvent, Watcher,
+};

@@ -3,15 +3,22 @@
 //! The contract is key/value with per-key versions (compare-and-swap), prefix listing and named
 //! locks with timeouts: the shape etcd offers, so an etcd store can implement it as is. Nothing
 //! here knows about files; [`file::FileStore`] is the embedded implementation.
+//!
+//! Host-local state (bridge networks, journals, firewall records) always lives in the host's
+//! embedded store. A *global* store, shared by every host of a cluster, is opened beside it with
+//! [`open_global`] for global-scope things only (overlay networks, their endpoints and address
+//! pools, VNIs, host records): the local/global split libnetwork makes. Only the global store
+//! needs [`StateStore::list_and_watch`] and [`StateStore::put_leased`].
 
 pub mod file;
 mod key;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use key::Key;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A stored value and the version it was read at. Versions start at 1 and grow with every write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +64,28 @@ pub trait LockGuard: Send {
     fn release_and_forget(self: Box<Self>) {}
 }
 
+/// A change below a watched prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(Key, Versioned),
+    Delete(Key),
+}
+
+/// Changes after a snapshot, in order, with no gap between the snapshot and the first event.
+pub trait Watcher: Send {
+    /// The next change, or Ok(None) when `timeout` passes with none. An Err means the watch
+    /// broke (store unreachable); the caller re-lists with list_and_watch when it comes back.
+    fn next(&mut self, timeout: Duration) -> Result<Option<WatchEvent>>;
+}
+
+/// A key kept alive by its holder; it disappears `ttl` after the holder stops renewing
+/// (process died, host gone). Dropping the guard deletes the key at once (revoke).
+pub trait LeaseGuard: Send {
+    fn key(&self) -> &Key;
+    /// Whether renewals are still succeeding (false after the store was unreachable past ttl).
+    fn alive(&self) -> bool;
+}
+
 /// netloom's state: networks, endpoints, IPAM leases, firewall records and undo journals.
 ///
 /// Implementations must be safe across processes: the CNI binaries run in parallel beside
@@ -81,6 +110,40 @@ pub trait StateStore: Send + Sync {
 
     /// A short description for logs and `netlab doctor` ("file:/var/lib/netloom").
     fn describe(&self) -> String;
+
+    /// Every key below `prefix` (as [`StateStore::list`]) and a watcher that yields every change
+    /// made after that snapshot, with no gap. Only stores shared between hosts offer it.
+    fn list_and_watch(&self, prefix: &Key) -> Result<(Vec<(Key, Versioned)>, Box<dyn Watcher>)> {
+        Err(Error::Unsupported(format!(
+            "watching {prefix} is not supported by the store {}",
+            self.describe()
+        )))
+    }
+
+    /// Writes `key` (whatever is there) bound to a lease of `ttl` that the returned guard keeps
+    /// renewing. Only stores shared between hosts offer it.
+    fn put_leased(&self, key: &Key, value: &[u8], ttl: Duration) -> Result<Box<dyn LeaseGuard>> {
+        let _ = (value, ttl);
+        Err(Error::Unsupported(format!(
+            "leased key {key} is not supported by the store {}",
+            self.describe()
+        )))
+    }
+}
+
+/// Opens the global (cluster-wide) store named by `spec`: "etcd://HOST:PORT[,HOST:PORT…]".
+/// The caller keeps its embedded [`file::FileStore`] for host-local state.
+pub fn open_global(spec: &str) -> Result<Arc<dyn StateStore>> {
+    let spec = spec.trim();
+    if spec.starts_with("etcd://") {
+        Err::<Arc<dyn StateStore>, _>(Error::Unsupported(format!(
+            "global store {spec}: the etcd store is not built yet"
+        )))
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "global store {spec:?} is not supported: use etcd://HOST:PORT[,HOST:PORT...]"
+        )))
+    }
 }
 
 /// JSON helpers over the byte-level contract.
