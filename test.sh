@@ -23,6 +23,8 @@ PKGS+=(qemu-system-x86 busybox-static cpio zstd xz-utils)
 # The Docker tests (tests/tests/docker.rs) start a private dockerd next to netloomd, with a
 # busybox image they build offline: Debian's dockerd and static busybox are all they need.
 PKGS+=(docker.io busybox-static)
+# The etcd store and overlay tests (tests/tests/etcd.rs, overlay) start private etcd members.
+PKGS+=(etcd-server)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,6 +12,7 @@
 pub mod caps;
 pub mod cni;
 pub mod docker;
+pub mod etcd;
 pub mod fakehost;
 pub mod names;
 pub mod sweep;
