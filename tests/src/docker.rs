@@ -265,7 +265,12 @@ impl Netloomd {
     }
 
     pub fn driver(&self) -> String {
-        format!("{}-bridge", self.prefix)
+        self.driver_of("bridge")
+    }
+
+    /// The Docker driver name netloomd registered for one of its drivers ("macvlan", …).
+    pub fn driver_of(&self, kind: &str) -> String {
+        format!("{}-{kind}", self.prefix)
     }
 
     pub fn ipam_driver(&self) -> String {
@@ -679,7 +684,7 @@ impl DockerEnv {
             args.extend(ids);
             self.dockerd.ok(&args)?;
         }
-        for d in [self.driver()] {
+        for d in [self.driver(), self.netloomd.driver_of("macvlan")] {
             let nets =
                 self.dockerd
                     .ok(&["network", "ls", "-q", "--filter", &format!("driver={d}")])?;

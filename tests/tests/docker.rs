@@ -31,6 +31,15 @@ const DOCKER: &[Cap] = &[
     Cap::Dockerd,
 ];
 
+const DOCKER_MACVLAN: &[Cap] = &[
+    Cap::Root,
+    Cap::Veth,
+    Cap::Bridge,
+    Cap::Nftables,
+    Cap::Macvlan,
+    Cap::Dockerd,
+];
+
 /// One dockerd at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -65,6 +74,9 @@ fn main() {
     })
     .test("docker::netloomd_kill9_and_dockerd_restart", DOCKER, || {
         serial(restarts)
+    })
+    .test("docker::macvlan_on_a_veth_parent", DOCKER_MACVLAN, || {
+        serial(macvlan_on_veth_parent)
     });
     run_main(s)
 }
@@ -1110,4 +1122,103 @@ fn restarts() -> Result<(), String> {
     let r2 = env.ip_of("r2", "r")?;
     ping_ok(&env, "r1", &r2)?;
     finish(&env)
+}
+
+/// `docker network create -d netloom-macvlan -o parent=<veth>`: the headline use of the macvlan
+/// driver through Docker. Two containers on the parent talk; private mode on a second network
+/// keeps its containers apart; removing the networks leaves the parent as it was.
+fn macvlan_on_veth_parent() -> Result<(), String> {
+    let env = DockerEnv::start("dkm")?;
+    let d = env.netloomd.driver_of("macvlan");
+    let n = names::next();
+    let (parent, peer) = (format!("pmv{n}"), format!("pmw{n}"));
+    env.host.sh(&[
+        "ip", "link", "add", &parent, "type", "veth", "peer", "name", &peer,
+    ])?;
+    env.host.sh(&["ip", "link", "set", &parent, "up"])?;
+    env.host.sh(&["ip", "link", "set", &peer, "up"])?;
+    let (s1, s2) = (
+        names::subnet_v4().to_string(),
+        names::subnet_v4().to_string(),
+    );
+    let parent_opt = format!("parent={parent}");
+    env.docker(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "-o",
+        &parent_opt,
+        "--subnet",
+        &s1,
+        "lan",
+    ])?;
+    env.docker(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "-o",
+        &parent_opt,
+        "-o",
+        "macvlan_mode=private",
+        "--subnet",
+        &s2,
+        "priv",
+    ])?;
+    for (c, net) in [("m1", "lan"), ("m2", "lan"), ("p1", "priv"), ("p2", "priv")] {
+        env.docker(&[
+            "run",
+            "-d",
+            "--name",
+            c,
+            "--network",
+            net,
+            IMAGE,
+            "sleep",
+            "300",
+        ])?;
+    }
+    // The container's interface is a macvlan on our parent, with the address Docker reports.
+    let m2 = env.ip_of("m2", "lan")?;
+    // Read with the host's iproute2 inside the container's netns (busybox's ip has no -d).
+    let sandbox = env.docker(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", "m1"])?;
+    let links = run_in_path(
+        Path::new(sandbox.trim()),
+        &["ip", "-d", "link", "show", "eth0"],
+    )?;
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    ensure(
+        links.contains("macvlan") && links.contains("mode bridge"),
+        || format!("m1's eth0 is not a bridge-mode macvlan: {links}"),
+    )?;
+    ping_ok(&env, "m1", &m2)?;
+    ping_ok(&env, "m2", &env.ip_of("m1", "lan")?)?;
+    // Private mode: macvlans on one parent never talk to each other.
+    let p2 = env.ip_of("p2", "priv")?;
+    ping_fails(&env, "p1", &p2)?;
+    // A parent that is not there is a clear error and creates nothing.
+    let err = env.docker_fails(&[
+        "network",
+        "create",
+        "-d",
+        &d,
+        "-o",
+        "parent=nosuchlink0",
+        "--subnet",
+        &names::subnet_v4().to_string(),
+        "bad",
+    ])?;
+    ensure(err.contains("nosuchlink0"), || {
+        format!("a missing parent's error does not name it: {err}")
+    })?;
+    finish(&env)?;
+    // The parent is the user's: still there and up after the networks are gone.
+    let state = env.host.sh(&["ip", "-o", "link", "show", &parent])?;
+    let state = String::from_utf8_lossy(&state.stdout).into_owned();
+    ensure(state.contains("UP"), || {
+        format!("parent {parent} changed after the networks were removed: {state}")
+    })?;
+    env.host.sh(&["ip", "link", "del", &parent])?;
+    Ok(())
 }
