@@ -4,6 +4,7 @@
 
 pub mod bridge;
 pub mod naming;
+pub mod overlay;
 pub mod vlan;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub fn register_all(registry: &mut DriverRegistry) {
     registry.register(Arc::new(bridge::BridgeDriver));
     registry.register(Arc::new(vlan::VlanDriver::macvlan()));
     registry.register(Arc::new(vlan::VlanDriver::ipvlan()));
+    registry.register(Arc::new(overlay::OverlayDriver));
 }
 
 /// A registry with every driver.

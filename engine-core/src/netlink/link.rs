@@ -263,6 +263,9 @@ pub struct VxlanSpec {
     /// The underlay device.
     pub parent: Option<u32>,
     pub learning: bool,
+    /// ARP/NDP suppression (`proxy`): the device answers neighbour solicitations from its own
+    /// neighbour table instead of sending them into the tunnel.
+    pub proxy: bool,
     pub mtu: Option<u32>,
 }
 
@@ -275,8 +278,13 @@ impl VxlanSpec {
             local: None,
             parent: None,
             learning: false,
+            proxy: false,
             mtu: None,
         }
+    }
+    pub fn proxy(mut self, on: bool) -> Self {
+        self.proxy = on;
+        self
     }
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
@@ -438,6 +446,9 @@ impl Netlink {
             InfoVxlan::Port(spec.port),
             InfoVxlan::Learning(spec.learning),
         ];
+        if spec.proxy {
+            data.push(InfoVxlan::Proxy(true));
+        }
         match spec.local {
             Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
             Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),

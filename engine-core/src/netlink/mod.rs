@@ -27,10 +27,12 @@
 //! Sysctls under `/proc/sys/net` are per network namespace; see [`sysctl_set_in`].
 
 mod addr;
+pub mod ethtool;
 mod link;
 mod neigh;
 mod route;
 mod sysctl;
+mod vxlan;
 
 #[cfg(test)]
 mod tests;
@@ -60,6 +62,7 @@ pub use link::{
 pub use neigh::{FdbAdd, FdbEntry, Neighbour, NeighbourState};
 pub use route::{Route, RouteKind, RouteSpec, RT_TABLE_MAIN};
 pub use sysctl::{sysctl_get, sysctl_get_in, sysctl_path, sysctl_set, sysctl_set_in};
+pub use vxlan::{Underlay, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6};
 
 /// How many times a dump is tried before an inconsistent result becomes an error.
 pub const DUMP_ATTEMPTS: usize = 5;
