@@ -20,6 +20,8 @@ pub enum Cap {
     Vlan,
     Dummy,
     Dockerd,
+    /// Debian's podman (4.3, CNI network backend) with runc, driving our CNI plugins.
+    Podman,
     Etcd,
     /// The reference CNI plugins (Debian's containernetworking-plugins) in /usr/lib/cni.
     RefCni,
@@ -119,6 +121,10 @@ impl Caps {
         };
         found.insert(Cap::Iptables, ipt);
         found.insert(Cap::Dockerd, which("dockerd"));
+        found.insert(
+            Cap::Podman,
+            which("podman").and_then(|()| which("runc").or_else(|_| which("crun"))),
+        );
         found.insert(Cap::Etcd, which("etcd"));
         let refcni = std::path::Path::new("/usr/lib/cni/bridge").is_file();
         found.insert(

@@ -488,41 +488,7 @@ impl Dockerd {
 
     /// Builds the busybox rootfs (every applet a symlink) and imports it as [`IMAGE`].
     pub fn import_busybox(&self) -> Result<(), String> {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .ok_or("busybox is not installed (apt-get install busybox-static)")?;
-        let rootfs = self.root.join("rootfs");
-        let _ = std::fs::remove_dir_all(&rootfs);
-        for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "www"] {
-            std::fs::create_dir_all(rootfs.join(d)).map_err(|e| e.to_string())?;
-        }
-        std::fs::copy(&busybox, rootfs.join("bin/busybox"))
-            .map_err(|e| format!("copy busybox: {e}"))?;
-        let list = Command::new(&busybox)
-            .arg("--list")
-            .output()
-            .map_err(|e| e.to_string())?;
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" && !applet.contains('/') {
-                let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
-            }
-        }
-        std::fs::write(rootfs.join("www/index.html"), "hello from netloom\n")
-            .map_err(|e| e.to_string())?;
-        let tar = self.root.join("rootfs.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .map_err(|e| format!("tar: {e}"))?;
-        if !st.success() {
-            return Err("tar of the rootfs failed".into());
-        }
+        let tar = crate::image::busybox_rootfs_tar(&self.root)?;
         let tar_s = tar.to_string_lossy().into_owned();
         self.ok(&[
             "import",
@@ -533,7 +499,6 @@ impl Dockerd {
             &tar_s,
             IMAGE,
         ])?;
-        let _ = std::fs::remove_dir_all(&rootfs);
         let _ = std::fs::remove_file(&tar);
         Ok(())
     }

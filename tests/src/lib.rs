@@ -14,7 +14,9 @@ pub mod cni;
 pub mod docker;
 pub mod etcd;
 pub mod fakehost;
+pub mod image;
 pub mod names;
+pub mod podman;
 pub mod sweep;
 pub mod trial;
 
