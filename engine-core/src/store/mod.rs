@@ -10,6 +10,7 @@
 //! pools, VNIs, host records): the local/global split libnetwork makes. Only the global store
 //! needs [`StateStore::list_and_watch`] and [`StateStore::put_leased`].
 
+pub mod etcd;
 pub mod file;
 mod key;
 
@@ -64,6 +65,9 @@ pub trait LockGuard: Send {
     fn release_and_forget(self: Box<Self>) {}
 }
 
+/// Every key below a prefix with its value, sorted: what [`StateStore::list`] returns.
+pub type Snapshot = Vec<(Key, Versioned)>;
+
 /// A change below a watched prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
@@ -113,7 +117,7 @@ pub trait StateStore: Send + Sync {
 
     /// Every key below `prefix` (as [`StateStore::list`]) and a watcher that yields every change
     /// made after that snapshot, with no gap. Only stores shared between hosts offer it.
-    fn list_and_watch(&self, prefix: &Key) -> Result<(Vec<(Key, Versioned)>, Box<dyn Watcher>)> {
+    fn list_and_watch(&self, prefix: &Key) -> Result<(Snapshot, Box<dyn Watcher>)> {
         Err(Error::Unsupported(format!(
             "watching {prefix} is not supported by the store {}",
             self.describe()
@@ -136,9 +140,7 @@ pub trait StateStore: Send + Sync {
 pub fn open_global(spec: &str) -> Result<Arc<dyn StateStore>> {
     let spec = spec.trim();
     if spec.starts_with("etcd://") {
-        Err::<Arc<dyn StateStore>, _>(Error::Unsupported(format!(
-            "global store {spec}: the etcd store is not built yet"
-        )))
+        Ok(Arc::new(etcd::EtcdStore::open(spec)?))
     } else {
         Err(Error::InvalidConfig(format!(
             "global store {spec:?} is not supported: use etcd://HOST:PORT[,HOST:PORT...]"
