@@ -68,6 +68,47 @@ enum Cmd {
         #[arg(long)]
         timeout: Option<f64>,
     },
+    /// Send real traffic from SRC's netns to DST (an address or a target) and report the
+    /// latency; on failure, the likely cause (route, neighbour, firewall rule, masquerade,
+    /// rp_filter, MTU). Exits 1 when the probe fails.
+    Probe {
+        /// Where the traffic starts: a target (netns name, path, pid, container…).
+        src: String,
+        /// An IP address, or a target (its first address is used).
+        dst: String,
+        #[arg(long, value_enum, default_value_t = crate::probe::Proto::Icmp)]
+        proto: crate::probe::Proto,
+        /// Destination port (tcp, udp; dns defaults to 53).
+        #[arg(long)]
+        port: Option<u16>,
+        /// IP packet size in bytes, sent with don't-fragment; on failure netlab finds the path
+        /// MTU.
+        #[arg(long)]
+        size: Option<usize>,
+        /// Number of probes.
+        #[arg(short = 'c', long, default_value_t = 3)]
+        count: usize,
+        /// Seconds to wait for each answer.
+        #[arg(long, default_value_t = 1.0)]
+        timeout: f64,
+    },
+    /// Show the path from SRC to DST hop by hop: NAT, routes, filter rules, neighbours, veths
+    /// and bridges (computed from the kernels' state; sends nothing).
+    Trace {
+        src: String,
+        /// An IP address, or a target (its first address is used).
+        dst: String,
+        /// Match filter and NAT rules for this protocol.
+        #[arg(long, value_enum)]
+        proto: Option<crate::probe::Proto>,
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Declarative labs (TOML): namespaces, bridges, veth links, addresses, routes.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -172,6 +213,63 @@ fn run(cli: Cli) -> Result<i32> {
             )
         }
         Cmd::Exec { target, cmd } => return exec(&cli, target, cmd),
+        Cmd::Probe {
+            src,
+            dst,
+            proto,
+            port,
+            size,
+            count,
+            timeout,
+        } => {
+            let timeout = std::time::Duration::try_from_secs_f64(*timeout)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| {
+                    Error::Invalid(format!("--timeout {timeout}: not a number of seconds"))
+                })?;
+            if *count == 0 {
+                return Err(Error::Invalid("--count 0: send at least one probe".into()));
+            }
+            let found = discovery(&cli);
+            let inv = inventory::collect(&found);
+            let mut w = crate::trace::World::new(&inv);
+            let (s, d) = endpoints(&w, &found, src, dst)?;
+            let opts = crate::probe::Options {
+                proto: *proto,
+                port: *port,
+                size: *size,
+                count: *count,
+                timeout,
+            };
+            let r = crate::probe::probe(&mut w, s, d, &opts)?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                print_text(&crate::probe::text(&r))?;
+            }
+            return Ok(if r.ok { 0 } else { 1 });
+        }
+        Cmd::Trace {
+            src,
+            dst,
+            proto,
+            port,
+        } => {
+            let found = discovery(&cli);
+            let inv = inventory::collect(&found);
+            let mut w = crate::trace::World::new(&inv);
+            let (s, d) = endpoints(&w, &found, src, dst)?;
+            let port = port.or(matches!(proto, Some(crate::probe::Proto::Dns)).then_some(53));
+            let t = crate::trace::trace(&mut w, s, d, proto.map(|p| p.name()), port);
+            if cli.json {
+                print_json(&t)?;
+            } else {
+                print_text(&crate::trace::text(&t))?;
+            }
+            return Ok(if t.reached { 0 } else { 1 });
+        }
+        Cmd::Lab { cmd } => return lab(&cli, cmd),
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 *shell,
@@ -187,6 +285,104 @@ fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn lab(cli: &Cli, cmd: &LabCmd) -> Result<i32> {
+    use crate::lab;
+    let dir = lab::state_dir();
+    match cmd {
+        LabCmd::Up { file, name } => {
+            let l = lab::load(file, name.as_deref())?;
+            let r = lab::up(&l, Some(file), &dir)?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                let mut out = String::new();
+                for c in &r.created {
+                    out.push_str(&format!("created  {c}\n"));
+                }
+                for c in &r.already {
+                    out.push_str(&format!("present  {c}\n"));
+                }
+                out.push_str(&format!(
+                    "lab {} is up ({} created, {} already there)\n",
+                    r.name,
+                    r.created.len(),
+                    r.already.len()
+                ));
+                print_text(&render::wrap(&out))?;
+            }
+        }
+        LabCmd::Down { lab: which, name } => {
+            let path = std::path::Path::new(which);
+            let lab_name = if name.is_some() || path.is_file() {
+                match name {
+                    Some(n) => n.clone(),
+                    None => lab::load(path, None)?.name,
+                }
+            } else {
+                which.clone()
+            };
+            let removed = lab::down(&lab_name, &dir)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "name": lab_name, "removed": removed }))?;
+            } else {
+                let mut out = String::new();
+                for r in &removed {
+                    out.push_str(&format!("removed  {r}\n"));
+                }
+                out.push_str(&format!("lab {lab_name} is down\n"));
+                print_text(&out)?;
+            }
+        }
+        LabCmd::Ls => {
+            let labs = lab::list(&dir)?;
+            if cli.json {
+                print_json(&labs)?;
+            } else {
+                print_text(&lab::list_text(&labs))?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// SRC as an inventory index and DST as an address (a target's first address).
+fn endpoints(
+    w: &crate::trace::World<'_>,
+    found: &Discovery,
+    src: &str,
+    dst: &str,
+) -> Result<(usize, std::net::IpAddr)> {
+    let s_ns = target::resolve(src, found)?;
+    let s = w
+        .index_of_inode(s_ns.inode)
+        .ok_or_else(|| Error::Invalid(format!("{src}: namespace could not be read")))?;
+    if let Ok(ip) = dst.parse::<std::net::IpAddr>() {
+        return Ok((s, ip));
+    }
+    let d_ns = target::resolve(dst, found)?;
+    let view = w
+        .index_of_inode(d_ns.inode)
+        .map(|i| &w.inv.namespaces[i])
+        .ok_or_else(|| Error::Invalid(format!("{dst}: namespace could not be read")))?;
+    let addrs: Vec<std::net::IpAddr> = view
+        .interfaces
+        .iter()
+        .filter(|i| i.name != "lo")
+        .flat_map(|i| i.addresses.iter().map(|a| a.ip()))
+        .collect();
+    let pick = addrs.iter().find(|a| a.is_ipv4()).or_else(|| {
+        addrs
+            .iter()
+            .find(|a| matches!(a, std::net::IpAddr::V6(v) if (v.segments()[0] & 0xffc0) != 0xfe80))
+    });
+    pick.copied().map(|d| (s, d)).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{dst} ({}) has no address to send to: give an IP address instead",
+            view.label
+        ))
+    })
 }
 
 fn exec(cli: &Cli, t: &str, argv: &[String]) -> Result<i32> {
@@ -272,6 +468,26 @@ fn capture(
         eprintln!("netlab: {n} packets written to {}", path.display());
     }
     Ok(0)
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the lab in FILE (idempotent: completes a lab that is already up).
+    Up {
+        file: std::path::PathBuf,
+        /// Use this lab name instead of the file's (namespaces are named NAME-<ns>).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove exactly what `lab up` made, by lab name or by its file.
+    Down {
+        lab: String,
+        /// With a FILE: the name it was brought up under.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The labs that are up.
+    Ls,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

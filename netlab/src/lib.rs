@@ -11,6 +11,10 @@
 //! - [`topo`]: the same data as a graph (text, Graphviz DOT, JSON).
 //! - [`doctor`]: host checks with a verdict and a fix each.
 //! - [`capture`]: packets inside a namespace, as pcap or one line each.
+//! - [`probe`]: real traffic from a namespace, its latency, and on failure the likely cause.
+//! - [`trace`]: the path a packet takes across namespaces, from the kernels' state.
+//! - [`lab`]: declarative labs (TOML) built with engine-core and removed exactly.
+//! - [`nft`]: a namespace's nftables ruleset and a matcher for one packet.
 //!
 //! Everything but [`capture`] (its socket) and [`lab`] only reads.
 
@@ -21,9 +25,13 @@ pub mod docker;
 pub mod doctor;
 pub mod error;
 pub mod inventory;
+pub mod lab;
+pub mod nft;
 pub mod nsid;
+pub mod probe;
 pub mod render;
 pub mod target;
 pub mod topo;
+pub mod trace;
 
 pub use error::{Error, Result};

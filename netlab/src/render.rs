@@ -154,3 +154,24 @@ pub fn peer_text(i: &Iface) -> String {
     }
     parts.join("  ")
 }
+
+/// Wraps (does not cut) every line of `text` at [`WIDTH`]: the rest continues on the next
+/// line, indented six columns deeper than the line it belongs to.
+pub fn wrap(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let line = line.trim_end();
+        let indent = line.len() - line.trim_start().len() + 6;
+        let mut rest = line.to_string();
+        while rest.chars().count() > WIDTH {
+            let cut: String = rest.chars().take(WIDTH).collect();
+            let at = cut.rfind(' ').filter(|a| *a > indent).unwrap_or(cut.len());
+            out.push_str(rest[..at].trim_end());
+            out.push('\n');
+            rest = format!("{:indent$}{}", "", rest[at..].trim_start());
+        }
+        out.push_str(&rest);
+        out.push('\n');
+    }
+    out
+}
