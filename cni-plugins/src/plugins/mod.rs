@@ -2,6 +2,7 @@
 
 pub mod bridge;
 pub mod context;
+pub mod dns;
 pub mod hostlocal;
 pub mod ipam;
 pub mod ipvlan;

@@ -1,0 +1,116 @@
+//! The forwarding cache: upstream answers kept for their TTL, negative answers (NXDOMAIN and
+//! NODATA) for the SOA's negative TTL (RFC 2308: min(SOA TTL, SOA minimum)). SERVFAIL is never
+//! cached. Entries are per network, as networks may have different upstreams.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+/// At most this many entries; a full cache first drops what expired, then everything.
+const MAX_ENTRIES: usize = 10_000;
+/// No answer is kept longer than a day, whatever its TTL says.
+const MAX_TTL: u32 = 86_400;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub network: String,
+    /// Lower-case absolute name.
+    pub name: String,
+    pub qtype: u16,
+    pub qclass: u16,
+}
+
+struct Entry {
+    msg: Message,
+    stored: Instant,
+    ttl: u32,
+}
+
+#[derive(Default)]
+pub struct Cache {
+    map: Mutex<HashMap<CacheKey, Entry>>,
+}
+
+/// How long `msg` may be cached, if at all.
+pub fn cache_ttl(msg: &Message) -> Option<u32> {
+    match msg.response_code() {
+        ResponseCode::NoError if !msg.answers().is_empty() => {
+            msg.answers().iter().map(|r| r.ttl()).min()
+        }
+        ResponseCode::NoError | ResponseCode::NXDomain => {
+            msg.name_servers().iter().find_map(|r| match r.data() {
+                RData::SOA(soa) => Some(r.ttl().min(soa.minimum())),
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+    .filter(|t| *t > 0)
+    .map(|t| t.min(MAX_TTL))
+}
+
+impl Cache {
+    /// A copy of the cached answer with TTLs counted down, if one is fresh.
+    pub fn get(&self, key: &CacheKey) -> Option<Message> {
+        let mut map = self.map.lock().ok()?;
+        let e = map.get(key)?;
+        let age = e.stored.elapsed();
+        if age >= Duration::from_secs(u64::from(e.ttl)) {
+            map.remove(key);
+            return None;
+        }
+        let age = age.as_secs() as u32;
+        let mut msg = e.msg.clone();
+        drop(map);
+        countdown(&mut msg, age);
+        Some(msg)
+    }
+
+    pub fn put(&self, key: CacheKey, msg: &Message) {
+        let Some(ttl) = cache_ttl(msg) else { return };
+        let Ok(mut map) = self.map.lock() else { return };
+        if map.len() >= MAX_ENTRIES {
+            let now = Instant::now();
+            map.retain(|_, e| now.duration_since(e.stored) < Duration::from_secs(u64::from(e.ttl)));
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(
+            key,
+            Entry {
+                msg: msg.clone(),
+                stored: Instant::now(),
+                ttl,
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn countdown(msg: &mut Message, age: u32) {
+    for r in msg.answers_mut() {
+        let t = r.ttl().saturating_sub(age);
+        r.set_ttl(t);
+    }
+    for r in msg.name_servers_mut() {
+        let t = r.ttl().saturating_sub(age);
+        r.set_ttl(t);
+    }
+    for r in msg.additionals_mut() {
+        if r.record_type() != RecordType::OPT {
+            let t = r.ttl().saturating_sub(age);
+            r.set_ttl(t);
+        }
+    }
+}
