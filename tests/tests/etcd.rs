@@ -83,6 +83,7 @@ fn main() {
         failover_to_the_next_endpoint,
     )
     .test("etcd::ipam_is_cluster_wide", ETCD, ipam_is_cluster_wide)
+    .test("etcd::operation_costs", ETCD, operation_costs)
     .test("etcd::open_global_spellings", &[], open_global_spellings)
     .worker("hold-lock", worker_hold_lock)
     .worker("hold-leased", worker_hold_leased)
@@ -1058,4 +1059,43 @@ fn open_global_spellings() -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// What one operation costs on loopback (printed for the README; the bounds only catch a
+/// pathological slowdown such as a connect timeout on every call).
+fn operation_costs() -> Result<(), String> {
+    let e = Etcd::start(None)?;
+    let s = store(&e)?;
+    let n = 200u32;
+    let err = |e: engine_core::Error| e.to_string();
+    let t = Instant::now();
+    for i in 0..n {
+        s.put(&Key::new(["cost", &i.to_string()]), b"{}", Expect::Absent)
+            .map_err(err)?;
+    }
+    let put = t.elapsed() / n;
+    let t = Instant::now();
+    for i in 0..n {
+        s.get(&Key::new(["cost", &i.to_string()])).map_err(err)?;
+    }
+    let get = t.elapsed() / n;
+    let t = Instant::now();
+    let all = s.list(&Key::new(["cost"])).map_err(err)?;
+    let list = t.elapsed();
+    check(all.len() == n as usize, || format!("listed {}", all.len()))?;
+    let t = Instant::now();
+    for _ in 0..20 {
+        drop(s.lock("cost", Duration::from_secs(5)).map_err(err)?);
+    }
+    let lock = t.elapsed() / 20;
+    eprintln!(
+        "etcd store on loopback: put (CAS create) {put:?}, get {get:?}, list of {n} keys {list:?}, lock+unlock {lock:?}"
+    );
+    check(
+        put < Duration::from_millis(100) && get < Duration::from_millis(100),
+        || format!("put {put:?} / get {get:?} per call"),
+    )?;
+    check(lock < Duration::from_millis(500), || {
+        format!("lock+unlock {lock:?}")
+    })
 }
