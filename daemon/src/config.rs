@@ -43,6 +43,21 @@ pub struct Cli {
     /// instead of one socket per driver: a Docker managed plugin has exactly one socket.
     #[arg(long, value_name = "FILE")]
     pub combined_socket: Option<String>,
+    /// Global store shared by the hosts of a cluster, for overlay networks:
+    /// etcd://HOST:PORT[,HOST:PORT...]. With it netloomd runs the overlay agent.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// This host's tunnel (VXLAN) address [default: the address of the interface with the
+    /// default route].
+    #[arg(long, value_name = "IP")]
+    pub advertise_addr: Option<std::net::IpAddr>,
+    /// UDP port of the overlays' VXLAN traffic [default: 4789].
+    #[arg(long, value_name = "PORT")]
+    pub vxlan_port: Option<u16>,
+    /// Seconds this host's record outlives netloomd: after a crash or power loss the other
+    /// hosts remove this host's containers that long after the last renewal [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub host_ttl: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -56,6 +71,10 @@ pub struct FileConfig {
     pub admin_socket: Option<PathBuf>,
     pub plugin_prefix: Option<String>,
     pub combined_socket: Option<String>,
+    pub store: Option<String>,
+    pub advertise_addr: Option<std::net::IpAddr>,
+    pub vxlan_port: Option<u16>,
+    pub host_ttl: Option<u64>,
 }
 
 /// The resolved settings.
@@ -69,6 +88,13 @@ pub struct Settings {
     pub plugin_prefix: String,
     /// One socket for both drivers (managed plugin), by file name in `plugin_dir`.
     pub combined_socket: Option<String>,
+    /// The global store for overlays (`etcd://…`); None: no overlays, no agent.
+    pub store: Option<String>,
+    /// The local tunnel address; None: the default route's interface address.
+    pub advertise_addr: Option<std::net::IpAddr>,
+    pub vxlan_port: u16,
+    /// Lifetime of this host's leased record in the global store.
+    pub host_ttl: std::time::Duration,
 }
 
 impl FileConfig {
@@ -146,6 +172,22 @@ impl Settings {
             admin_socket: (admin_socket.as_os_str() != "none").then_some(admin_socket),
             plugin_prefix,
             combined_socket,
+            store: cli
+                .store
+                .clone()
+                .or_else(|| file.store.clone())
+                .filter(|s| !s.is_empty()),
+            advertise_addr: cli.advertise_addr.or(file.advertise_addr),
+            vxlan_port: match cli.vxlan_port.or(file.vxlan_port) {
+                Some(0) => bail!("--vxlan-port 0: give a UDP port (1-65535)"),
+                Some(p) => p,
+                None => drivers::overlay::options::DEFAULT_PORT,
+            },
+            host_ttl: match cli.host_ttl.or(file.host_ttl) {
+                Some(0) => bail!("--host-ttl 0: give at least 1 second"),
+                Some(s) => std::time::Duration::from_secs(s),
+                None => std::time::Duration::from_secs(10),
+            },
         })
     }
 

@@ -43,6 +43,35 @@ fn build_firewall(choice: FirewallChoice) -> anyhow::Result<(Option<Arc<dyn Fire
     }
 }
 
+/// Opens the global store and starts the overlay agent (blocking: netlink and the store client).
+fn start_overlay_agent(
+    spec: &str,
+    advertise: Option<std::net::IpAddr>,
+    port: u16,
+    ttl: std::time::Duration,
+) -> anyhow::Result<drivers::overlay::agent::AgentHandle> {
+    let global =
+        engine_core::store::open_global(spec).with_context(|| format!("--store {spec}"))?;
+    let vtep = match advertise {
+        Some(a) => a,
+        None => Netlink::connect()?
+            .default_route_address()?
+            .ok_or_else(|| {
+                anyhow!(
+                    "--store given but no --advertise-addr, and no default route to take it from"
+                )
+            })?,
+    };
+    // Fails early on an address this host does not have.
+    Netlink::connect()?
+        .underlay(vtep)
+        .context("--advertise-addr")?;
+    let mut cfg = drivers::overlay::agent::AgentConfig::new(global, vtep, port);
+    cfg.lease_ttl = ttl;
+    tracing::info!(store = spec, vtep = %vtep, port, "overlay agent starting");
+    Ok(drivers::overlay::agent::spawn(cfg)?)
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(state_dir = %settings.state_dir.display(), plugin_dir = %settings.plugin_dir.display(), "netloomd starting");
     // Deleting a veth takes the kernel tens of ms; a daemon can leave that to a thread and
@@ -79,6 +108,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         AddressSpaces::default(),
     ));
     let (app, ready_tx) = App::new(service.clone());
+    let _overlay_agent = match settings.store.clone() {
+        Some(spec) => {
+            let (port, addr, ttl) = (
+                settings.vxlan_port,
+                settings.advertise_addr,
+                settings.host_ttl,
+            );
+            Some(
+                http::off_runtime(move || start_overlay_agent(&spec, addr, port, ttl))
+                    .await
+                    .map_err(|e| anyhow!("start the overlay agent: {e}"))??,
+            )
+        }
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut served = Vec::new();

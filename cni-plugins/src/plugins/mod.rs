@@ -10,6 +10,7 @@ pub mod loopback;
 pub mod macvlan;
 pub mod mirror;
 pub mod portmap;
+pub mod vxlan;
 
 /// CNI_ARGS keys the main plugins understand: the Kubernetes ones runtimes always send, plus
 /// static `IP` and `MAC`.
