@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use engine_core::netns::Netns;
 use serde::Serialize;
 
+use crate::bpf::Insn;
 use crate::error::{Error, Result};
 
 /// pcap's link type for Ethernet frames (LINKTYPE_ETHERNET).
@@ -41,11 +42,29 @@ pub struct Packet {
 }
 
 impl Capture {
-    /// Opens a capture socket in `ns`, on `ifname` only or on every interface.
-    pub fn open(ns: &Netns, ifname: Option<&str>) -> Result<Capture> {
+    /// Opens a capture socket in `ns`, on `ifname` only or on every interface, keeping only
+    /// the frames `filter` (a compiled [`crate::bpf`] program) accepts.
+    pub fn open(ns: &Netns, ifname: Option<&str>, filter: Option<&[Insn]>) -> Result<Capture> {
         let ifname = ifname.map(str::to_string);
         let label = ns.path().display().to_string();
-        ns.run(move || open_here(ifname.as_deref(), &label))?
+        let cap = ns.run(move || open_here(ifname.as_deref(), &label))??;
+        if let Some(prog) = filter {
+            crate::bpf::attach(cap.fd.as_raw_fd(), prog)
+                .map_err(|e| Error::io("attach the capture filter", e))?;
+            // Frames queued between socket() and the attach went past the filter: drop them.
+            let mut buf = [0u8; 64];
+            // SAFETY: buf is valid for its length; MSG_DONTWAIT never blocks.
+            while unsafe {
+                libc::recv(
+                    cap.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            } >= 0
+            {}
+        }
+        Ok(cap)
     }
 
     /// Reads up to `count` packets (`None`: no limit) for at most `timeout` (`None`: no limit),

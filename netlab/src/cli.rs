@@ -67,6 +67,13 @@ enum Cmd {
         /// Stop after this many seconds.
         #[arg(long)]
         timeout: Option<f64>,
+        /// Keep only packets matching this filter (a tcpdump subset compiled to classic BPF:
+        /// arp ip ip6 icmp icmp6 tcp udp, [src|dst] host/net/port, and/or/not, parentheses).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Print the compiled filter program and exit.
+        #[arg(long, requires = "filter")]
+        dump_filter: bool,
     },
     /// Send real traffic from SRC's netns to DST (an address or a target) and report the
     /// latency; on failure, the likely cause (route, neighbour, firewall rule, masquerade,
@@ -202,7 +209,14 @@ fn run(cli: Cli) -> Result<i32> {
             count,
             write,
             timeout,
+            filter,
+            dump_filter,
         } => {
+            let prog = filter.as_deref().map(crate::bpf::compile).transpose()?;
+            if *dump_filter {
+                print_text(&crate::bpf::dump(prog.as_deref().unwrap_or_default()))?;
+                return Ok(0);
+            }
             return capture(
                 &cli,
                 target,
@@ -210,7 +224,9 @@ fn run(cli: Cli) -> Result<i32> {
                 *count,
                 write.as_deref(),
                 *timeout,
-            )
+                prog.as_deref()
+                    .map(|p| (filter.as_deref().unwrap_or_default(), p)),
+            );
         }
         Cmd::Exec { target, cmd } => return exec(&cli, target, cmd),
         Cmd::Probe {
@@ -411,10 +427,11 @@ fn capture(
     count: Option<usize>,
     write: Option<&std::path::Path>,
     timeout: Option<f64>,
+    filter: Option<(&str, &[crate::bpf::Insn])>,
 ) -> Result<i32> {
     use crate::capture;
     let ns = target::resolve(t, &discovery(cli))?;
-    let cap = capture::Capture::open(&ns.open()?, interface)?;
+    let cap = capture::Capture::open(&ns.open()?, interface, filter.map(|f| f.1))?;
     let timeout = timeout
         .map(|s| {
             std::time::Duration::try_from_secs_f64(s)
@@ -433,9 +450,12 @@ fn capture(
         None => None,
     };
     eprintln!(
-        "netlab: capturing in {} on {}",
+        "netlab: capturing in {} on {}{}",
         ns.label(),
-        interface.unwrap_or("all interfaces")
+        interface.unwrap_or("all interfaces"),
+        filter
+            .map(|(e, _)| format!(" (filter: {e})"))
+            .unwrap_or_default()
     );
     let n = cap.run(count, timeout, |p| {
         if let Some((path, w)) = file.as_mut() {

@@ -62,7 +62,7 @@ impl Default for Options {
     }
 }
 
-fn check(id: &'static str, verdict: Verdict, summary: impl Into<String>) -> Check {
+pub(crate) fn check(id: &'static str, verdict: Verdict, summary: impl Into<String>) -> Check {
     Check {
         id,
         verdict,
@@ -81,6 +81,7 @@ pub fn run(inv: &Inventory, opts: &Options) -> Report {
             .map(|s| s.trim().to_string())
     };
     let fw = Firewall::read();
+    let rules = crate::nft::Ruleset::read(None).ok();
     let mut checks = vec![
         ip_forward(host, &sys),
         br_netfilter(&sys, &fw),
@@ -90,6 +91,10 @@ pub fn run(inv: &Inventory, opts: &Options) -> Report {
         leaked_veths(host),
         ipam_leases(&opts.state_dir),
         bridge_ports(host),
+        crate::overlay::vxlan_csum(inv, rules.as_ref().unwrap_or(&Default::default())),
+        crate::overlay::overlay_mtu(inv),
+        crate::overlay::route_conflicts(host),
+        crate::overlay::missing_nat(&opts.state_dir, rules.as_ref()),
     ];
     checks.sort_by_key(|c| std::cmp::Reverse(c.verdict));
     let verdict = checks

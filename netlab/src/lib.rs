@@ -9,8 +9,10 @@
 //! - [`inventory`]: interfaces, addresses, default routes and veth peers of each namespace
 //!   (`netlab ls`), one netlink socket per namespace.
 //! - [`topo`]: the same data as a graph (text, Graphviz DOT, JSON).
-//! - [`doctor`]: host checks with a verdict and a fix each.
-//! - [`capture`]: packets inside a namespace, as pcap or one line each.
+//! - [`doctor`]: host checks with a verdict and a fix each ([`overlay`]: VXLAN offload and MTU,
+//!   route conflicts, missing NAT).
+//! - [`capture`]: packets inside a namespace, as pcap or one line each; [`bpf`] compiles its
+//!   `--filter` (a tcpdump subset) to classic BPF.
 //! - [`probe`]: real traffic from a namespace, its latency, and on failure the likely cause.
 //! - [`trace`]: the path a packet takes across namespaces, from the kernels' state.
 //! - [`lab`]: declarative labs (TOML) built with engine-core and removed exactly.
@@ -18,6 +20,7 @@
 //!
 //! Everything but [`capture`] (its socket) and [`lab`] only reads.
 
+pub mod bpf;
 pub mod capture;
 pub mod cli;
 pub mod discover;
@@ -28,6 +31,7 @@ pub mod inventory;
 pub mod lab;
 pub mod nft;
 pub mod nsid;
+pub mod overlay;
 pub mod probe;
 pub mod render;
 pub mod target;

@@ -112,6 +112,39 @@ impl NsidSocket {
         }
     }
 
+    /// A VXLAN device's underlay settings: its parent's index (`dev`) and its local address.
+    pub fn vxlan_underlay(&mut self, index: u32) -> Result<(Option<u32>, Option<IpAddr>)> {
+        use netlink_packet_route::link::{
+            InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+        };
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        let mut out = (None, None);
+        if let Some(RouteNetlinkMessage::NewLink(l)) =
+            self.ask(RouteNetlinkMessage::GetLink(m), "RTM_GETLINK")?
+        {
+            for a in &l.attributes {
+                let LinkAttribute::LinkInfo(infos) = a else {
+                    continue;
+                };
+                for i in infos {
+                    let LinkInfo::Data(InfoData::Vxlan(v)) = i else {
+                        continue;
+                    };
+                    for x in v {
+                        match x {
+                            InfoVxlan::Link(p) => out.0 = Some(*p),
+                            InfoVxlan::Local(a) => out.1 = Some(IpAddr::V4(*a)),
+                            InfoVxlan::Local6(a) => out.1 = Some(IpAddr::V6(*a)),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Sends one request and returns the first answer to it (`None`: a bare ACK).
     fn ask(&mut self, msg: RouteNetlinkMessage, what: &str) -> Result<Option<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
