@@ -36,10 +36,12 @@ install -d -m 0700 "${NETLOOM_STATE_DIR:-/var/lib/netloom}"
 shopt -s nullglob
 for bin in target/release/netloom-*; do
     [ -x "$bin" ] && [ -f "$bin" ] || continue
+    # netloom-dnsd is a server, not a CNI plugin: it goes to /usr/local/bin below.
+    [ "$(basename "$bin")" = netloom-dnsd ] && continue
     install -m 0755 "$bin" /opt/cni/bin/
     echo "  /opt/cni/bin/$(basename "$bin")"
 done
-for bin in target/release/netlab target/release/netloomd; do
+for bin in target/release/netlab target/release/netloomd target/release/netloom-dnsd; do
     [ -x "$bin" ] || continue
     install -m 0755 "$bin" /usr/local/bin/
     echo "  /usr/local/bin/$(basename "$bin")"

@@ -25,6 +25,8 @@ PKGS+=(qemu-system-x86 busybox-static cpio zstd xz-utils)
 PKGS+=(docker.io busybox-static)
 # The etcd store and overlay tests (tests/tests/etcd.rs, overlay) start private etcd members.
 PKGS+=(etcd-server)
+# The DNS tests (tests/tests/dns.rs) query netloom-dnsd with a real client: dig.
+PKGS+=(dnsutils)
 # A real CNI client: podman 4.3 with its CNI backend runs our conflists (tests/tests/podman.rs).
 PKGS+=(podman)
 missing=()

@@ -63,7 +63,7 @@ pub struct Pending {
 pub enum Step {
     /// The reply bytes (or nothing to send).
     Done(Option<Vec<u8>>),
-    Forward(Pending),
+    Forward(Box<Pending>),
 }
 
 impl Shared {
@@ -107,18 +107,18 @@ impl Shared {
                         return Step::Done(self.encode(&m, asked.limit));
                     }
                 }
-                Step::Forward(Pending {
+                Step::Forward(Box::new(Pending {
                     request: asked.request,
                     limit: asked.limit,
                     network,
                     upstreams,
-                })
+                }))
             }
         }
     }
 
     /// The part that waits for upstreams.
-    pub async fn forward(&self, p: Pending) -> Option<Vec<u8>> {
+    pub async fn forward(&self, p: Box<Pending>) -> Option<Vec<u8>> {
         let q = answer::single_query(&p.request)?;
         let m = match self.forwarder.resolve(&p.network, q, &p.upstreams).await {
             Some(up) => {
