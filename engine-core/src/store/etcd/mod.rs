@@ -40,8 +40,10 @@ const LOCKS: &str = "%locks";
 /// The client port's default.
 const DEFAULT_PORT: u16 = 2379;
 
-/// Lock keys live this long after their holder stops renewing them.
-pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
+/// Lock keys live this long after their holder stops renewing them. Half of netloom's usual
+/// 10 s lock wait, so a waiter outlasts a holder killed with -9; renewed every third of it, a
+/// lock survives about 3 s without an answer from etcd (a leader election takes 1–2 s).
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(5);
 
 /// The etcd store, opened from "etcd://HOST:PORT[,HOST:PORT…]".
 #[derive(Clone)]
