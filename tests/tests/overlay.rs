@@ -521,6 +521,29 @@ fn host_loss() -> Result<(), String> {
     if !fdb(&lab.hosts[0], &net)?.contains(&want) {
         return Err("host 0 has no entry for host 2's container".into());
     }
+    // netloomd on host 0 restarts (an upgrade): the others keep host 0's containers all along.
+    let entry0 = format!("{} dst {}", ctrs[0].mac, lab.hosts[0].vtep);
+    let url = lab.etcd.url();
+    let vtep0 = lab.hosts[0].vtep;
+    lab.hosts[0].agent = None; // SIGTERM, waited for
+    let restarted = Agent::start(&lab.hosts[0].fh, &url, vtep0)?;
+    lab.hosts[0].agent = Some(restarted);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        if !fdb(&lab.hosts[1], &net)?.contains(&entry0) {
+            return Err(format!(
+                "host 1 dropped host 0's container while host 0's netloomd restarted ({:?} in)",
+                t.elapsed()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The restarted agent applies new changes: a new container on host 1 reaches host 0.
+    let c1b = conf(&lab, &lab.hosts[1], &net, &subnet, json!({}));
+    let (late, _) = add(&mut lab.hosts[1], &c1b, "late")?;
+    ping_until(&ctrs[0].netns, &late.ip, Duration::from_secs(5))
+        .map_err(|e| format!("after netloomd restart: {e}"))?;
+
     // Host 2 dies: its agent is killed without a chance to withdraw its record.
     let t = Instant::now();
     if let Some(a) = lab.hosts[2].agent.as_mut() {

@@ -58,7 +58,8 @@ impl AgentConfig {
     }
 }
 
-/// A running agent; dropping it stops the thread and withdraws the host record.
+/// A running agent; dropping it stops the thread. The host record stays until its lease
+/// expires (see the end of `Agent::run`).
 pub struct AgentHandle {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -187,9 +188,14 @@ impl Agent {
                 }
             }
         }
-        // Leaving on purpose: dropping the guard revokes the record at once, so the others
-        // remove this host's containers without waiting for the TTL.
-        drop(lease);
+        // Stopping is not leaving: netloomd stops to restart or upgrade, and the containers
+        // here keep running. Dropping the guard would revoke the record and make every other
+        // host drop this host's containers until the next start; instead the record is left
+        // to its lease: a start within the TTL takes it over (a new lease on the same key),
+        // and a host that stays down disappears from the others after the TTL.
+        if let Some(l) = lease {
+            std::mem::forget(l);
+        }
     }
 
     fn register(&self) -> Result<Box<dyn LeaseGuard>> {
