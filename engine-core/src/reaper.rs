@@ -45,6 +45,12 @@ fn strategy() -> Strategy {
     STRATEGY.get().copied().unwrap_or(Strategy::Inline)
 }
 
+/// Whether slow kernel clean-up may be left to detached processes that outlive this one
+/// (short-lived CNI plugins); a long-running daemon keeps its sockets and pays nothing.
+pub fn detached_cleanup() -> bool {
+    strategy() == Strategy::Process
+}
+
 /// One deletion job: links by name in a namespace (None = the process's own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
