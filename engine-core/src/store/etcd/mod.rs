@@ -349,6 +349,16 @@ impl Client {
         Error::Unavailable(format!("etcd store {} unreachable: {detail}", self.spec))
     }
 
+    /// An I/O error in words: a read timeout shows up as EAGAIN, which says nothing.
+    fn io_text(&self, e: &std::io::Error) -> String {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("no answer within {} ms", self.request_timeout.as_millis())
+            }
+            _ => e.to_string(),
+        }
+    }
+
     /// Connects to the first endpoint that accepts, starting with the one that worked last.
     fn connect(&self) -> Result<(std::net::TcpStream, &str)> {
         let n = self.endpoints.len();
@@ -380,7 +390,7 @@ impl Client {
             .map_err(|e| self.unreachable(format!("{ep}: {e}")))?;
         let bytes = body.to_string();
         http::post(stream, ep, path, bytes.as_bytes())
-            .map_err(|e| self.unreachable(format!("{ep}{path}: {e}")))
+            .map_err(|e| self.unreachable(format!("{ep}{path}: {}", self.io_text(&e))))
     }
 
     /// One unary call. `idempotent` calls are retried on the next endpoint when the answer is
@@ -407,7 +417,7 @@ impl Client {
         let (status, answer) = self.open(path, body)?;
         let bytes = answer
             .read_all()
-            .map_err(|e| self.unreachable(format!("{path}: {e}")))?;
+            .map_err(|e| self.unreachable(format!("{path}: {}", self.io_text(&e))))?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
             Error::Internal(format!(
                 "etcd store {}: {path} answered {status} with something that is not JSON: {e}",
@@ -698,6 +708,23 @@ mod tests {
             start.as_str() < "/netloom/networks/web/ep"
                 && "/netloom/networks/web/ep" < end.as_str()
         );
+    }
+
+    #[test]
+    fn silent_server_times_out_with_words() {
+        // Connections queue in the backlog but nobody ever answers.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = EtcdStore::open(&format!("etcd://{addr}"))
+            .unwrap()
+            .with_timeouts(Duration::from_secs(1), Duration::from_millis(300));
+        let t = Instant::now();
+        let e = s.get(&Key::new(["x"])).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(e.is_unavailable());
+        assert!(e.to_string().contains("no answer within 300 ms"), "{e}");
+        let e = s.list_and_watch(&Key::new(["x"])).err().unwrap();
+        assert!(e.is_unavailable(), "{e}");
     }
 
     #[test]
