@@ -337,7 +337,29 @@ fn fixture_starts_stops_and_restarts() -> Result<(), String> {
     })?;
     inner.stop()?;
     inner.start_again()?;
-    Ok(())
+    // IPv6, in the fake host: the fixture on a v6 address and the store's [ADDR]:PORT
+    // spelling, with the client in that namespace too.
+    host.sh(&["ip", "addr", "add", "fd4e:6c00:ffff::1/128", "dev", "lo"])?;
+    let v6 = Etcd::start_at(
+        Some(host.netns().path()),
+        "fd4e:6c00:ffff::1".parse().map_err(|_| "bad v6")?,
+    )?;
+    check(v6.url().starts_with("etcd://[fd4e:6c00:ffff::1]:"), || {
+        format!("unexpected url {}", v6.url())
+    })?;
+    let s6 = store(&v6)?;
+    host.netns()
+        .run(|| -> Result<(), String> {
+            s6.put(&Key::new(["k"]), b"6", Expect::Absent)
+                .map_err(|e| e.to_string())?;
+            check(
+                s6.get(&Key::new(["k"]))
+                    .map_err(|e| e.to_string())?
+                    .is_some(),
+                || "nothing read back over IPv6".into(),
+            )
+        })
+        .map_err(|e| e.to_string())?
 }
 
 /// What a store answered, with versions reduced to "same as step N" so that FileStore's and
