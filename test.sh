@@ -17,7 +17,7 @@ fi
 
 # Debian packages the tests use. iproute2/nftables/iptables are independent tools the tests
 # check the product against (the product itself never execs them).
-PKGS=(iproute2 nftables iptables procps kmod ca-certificates pkg-config libnftnl-dev libmnl-dev iputils-ping containernetworking-plugins)
+PKGS=(iproute2 nftables iptables procps kmod ca-certificates pkg-config libnftnl-dev libmnl-dev iputils-ping containernetworking-plugins graphviz)
 # The real-kernel lane (tests/kernel/): QEMU, and what run-in-kernel.sh builds its initramfs from.
 PKGS+=(qemu-system-x86 busybox-static cpio zstd xz-utils)
 # The Docker tests (tests/tests/docker.rs) start a private dockerd next to netloomd, with a
