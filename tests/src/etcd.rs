@@ -39,6 +39,8 @@ impl Etcd {
 
     /// Starts etcd listening on `ip` (which must exist in `netns`, or in the test's namespace).
     pub fn start_at(netns: Option<&Path>, ip: IpAddr) -> Result<Etcd, String> {
+        static REAPED: std::sync::Once = std::sync::Once::new();
+        REAPED.call_once(reap_stale);
         let name = names::unique("etcd");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -146,6 +148,8 @@ impl Etcd {
                 .map_err(|e| e.to_string())?;
         }
         let child = cmd.spawn().map_err(|e| format!("start etcd: {e}"))?;
+        // For reap_stale, should this test process die without dropping us.
+        let _ = std::fs::write(self.dir.join(PID_FILE), child.id().to_string());
         self.child = Some(child);
         self.wait_healthy(Duration::from_secs(20))
     }
@@ -239,6 +243,44 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const PID_FILE: &str = "etcd.pid";
+
+/// Kills the etcd members of earlier test processes that died without cleaning up (killed by a
+/// CI timeout, say) and removes their directories: `nlt<pid>-etcd-<n>` whose test process is
+/// gone. A pid is only killed if its command line still names that directory.
+fn reap_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix("nlt")
+            .and_then(|r| r.split_once("-etcd-"))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        if let Some(pid) = std::fs::read_to_string(dir.join(PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
