@@ -339,7 +339,7 @@ fn fixture_starts_stops_and_restarts() -> Result<(), String> {
     inner.start_again()?;
     // IPv6, in the fake host: the fixture on a v6 address and the store's [ADDR]:PORT
     // spelling, with the client in that namespace too.
-    host.sh(&["ip", "addr", "add", "fd4e:6c00:ffff::1/128", "dev", "lo"])?;
+    host.sh(&["ip", "addr", "add", "fd4e:6c00:ffff::1/128", "dev", "lo", "nodad"])?;
     let v6 = Etcd::start_at(
         Some(host.netns().path()),
         "fd4e:6c00:ffff::1".parse().map_err(|_| "bad v6")?,

@@ -118,9 +118,9 @@ impl EtcdStore {
         format!("{ROOT}{LOCKS}/{}", Key::new([scope]).as_str())
     }
 
-    /// One attempt at the lock on `lease`; None when somebody else holds it (with the holder's
-    /// description).
-    fn try_take(&self, key: &str, lease: i64) -> Result<std::result::Result<(), String>> {
+    /// One attempt at the lock on `lease`; when somebody else holds it, who (their
+    /// description) and the revision at which we saw it held.
+    fn try_take(&self, key: &str, lease: i64) -> Result<std::result::Result<(), (String, u64)>> {
         let resp = self.client.call(
             "/v3/kv/txn",
             &json!({
@@ -139,40 +139,45 @@ impl EtcdStore {
             .and_then(|kv| unb64(kv.get("value")).ok())
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_else(|| "another process".into());
-        Ok(Err(holder))
+        Ok(Err((holder, revision(&resp))))
     }
 
-    fn take_lock(&self, scope: &str, timeout: Option<Duration>) -> Result<Option<EtcdLock>> {
+    fn take_lock(&self, scope: &str, timeout: Duration) -> Result<Option<EtcdLock>> {
         let key = Self::lock_key(scope);
         // The lease is renewed from the start, so waiting longer than its TTL is fine.
         let keeper = lease::Keeper::grant(self.client.clone(), self.lock_ttl, None)?;
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut pause = Duration::from_millis(2);
+        let deadline = Instant::now() + timeout;
         loop {
-            match self.try_take(&key, keeper.id())? {
+            let (holder, seen_at) = match self.try_take(&key, keeper.id())? {
                 Ok(()) => {
                     return Ok(Some(EtcdLock {
                         scope: scope.to_string(),
                         _keeper: keeper,
                     }))
                 }
-                Err(holder) => {
-                    let now = Instant::now();
-                    let Some(deadline) = deadline.filter(|d| *d > now) else {
-                        tracing::debug!(scope, holder, "etcd lock is taken");
-                        if timeout.is_some_and(|t| !t.is_zero()) {
-                            return Err(Error::Busy(format!(
-                                "lock {scope:?} in {} is held by {holder} (waited {} ms); try again",
-                                self.client.spec,
-                                timeout.unwrap_or_default().as_millis()
-                            )));
-                        }
-                        return Ok(None);
-                    };
-                    // A short, growing back-off: holders keep locks for milliseconds, and a
-                    // dead holder's lock goes when its lease expires, not sooner.
-                    std::thread::sleep(pause.min(deadline - now));
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                Err(held) => held,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::debug!(scope, holder, "etcd lock is taken");
+                if timeout.is_zero() {
+                    return Ok(None);
+                }
+                return Err(Error::Busy(format!(
+                    "lock {scope:?} in {} is held by {holder} (waited {} ms); try again",
+                    self.client.spec,
+                    timeout.as_millis()
+                )));
+            }
+            // Sleep until the holder's key goes (released, or its lease expired): etcd tells
+            // us, from the revision we saw it at, so a release in between is not missed.
+            match watch::wait_deleted(&self.client, &key, seen_at + 1, left) {
+                Ok(_) => {}
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    // A watch that cannot be made is no reason to fail the lock: poll.
+                    tracing::debug!(scope, error = %e, "etcd lock wait falls back to polling");
+                    std::thread::sleep(left.min(Duration::from_millis(50)));
                 }
             }
         }
@@ -257,7 +262,7 @@ impl StateStore for EtcdStore {
     }
 
     fn lock(&self, scope: &str, timeout: Duration) -> Result<Box<dyn LockGuard>> {
-        match self.take_lock(scope, Some(timeout))? {
+        match self.take_lock(scope, timeout)? {
             Some(l) => Ok(Box::new(l)),
             // take_lock reports a timeout as Busy itself; a zero timeout lands here.
             None => Err(Error::Busy(format!(
@@ -269,7 +274,7 @@ impl StateStore for EtcdStore {
 
     fn try_lock(&self, scope: &str) -> Result<Option<Box<dyn LockGuard>>> {
         Ok(self
-            .take_lock(scope, Some(Duration::ZERO))?
+            .take_lock(scope, Duration::ZERO)?
             .map(|l| Box::new(l) as Box<dyn LockGuard>))
     }
 

@@ -4,7 +4,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -212,4 +212,70 @@ fn set_keepalive(socket: &TcpStream) {
     let _ = setsockopt(socket, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_S);
     let _ = setsockopt(socket, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_S);
     let _ = setsockopt(socket, sockopt::TcpKeepCount, &KEEPALIVE_COUNT);
+}
+
+/// Waits until the etcd key `raw_key` is deleted (at `from_revision` or later) or `timeout`
+/// passes; true when it was deleted. Lock waiters use it instead of retrying their
+/// transaction, which etcd would write to its log every time.
+pub(super) fn wait_deleted(
+    client: &Client,
+    raw_key: &str,
+    from_revision: u64,
+    timeout: Duration,
+) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let (status, body) = client.open(
+        "/v3/watch",
+        &json!({"create_request": {"key": b64(raw_key),
+                                   "start_revision": from_revision.to_string(),
+                                   "filters": ["NOPUT"]}}),
+    )?;
+    let socket = body
+        .socket()
+        .try_clone()
+        .map_err(|e| client.unreachable(format!("watch: {e}")))?;
+    let mut messages = serde_json::Deserializer::from_reader(body).into_iter::<Value>();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(|e| client.unreachable(format!("watch: {e}")))?;
+        let msg = match messages.next() {
+            Some(Ok(m)) => m,
+            Some(Err(e))
+                if matches!(
+                    e.io_error_kind(),
+                    Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                ) =>
+            {
+                return Ok(false)
+            }
+            Some(Err(e)) => return Err(client.unreachable(format!("watch: {e}"))),
+            None => return Err(client.unreachable("watch stream closed by etcd")),
+        };
+        if status != 200 || msg.get("error").is_some() {
+            return Err(client.grpc_error("/v3/watch", status, &msg));
+        }
+        let Some(result) = msg.get("result") else {
+            continue;
+        };
+        if result.get("canceled").and_then(Value::as_bool) == Some(true) {
+            return Err(Error::Internal(format!(
+                "etcd store {}: watch on {raw_key} canceled: {result}",
+                client.spec
+            )));
+        }
+        let deleted = result
+            .get("events")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|ev| ev.get("type").and_then(Value::as_str) == Some("DELETE"));
+        if deleted {
+            return Ok(true);
+        }
+    }
 }
