@@ -155,13 +155,13 @@ pub fn peer_text(i: &Iface) -> String {
     parts.join("  ")
 }
 
-/// Wraps (does not cut) every line of `text` at [`WIDTH`]: the rest continues on the next
-/// line, indented six columns deeper than the line it belongs to.
+/// Wraps (does not cut) every line of `text` at [`WIDTH`]. The rest continues on the next
+/// line under the line's text column: after a `label  ` (two or more spaces) or a `fix: `.
 pub fn wrap(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
         let line = line.trim_end();
-        let indent = line.len() - line.trim_start().len() + 6;
+        let indent = text_column(line);
         let mut rest = line.to_string();
         while rest.chars().count() > WIDTH {
             let cut: String = rest.chars().take(WIDTH).collect();
@@ -174,4 +174,25 @@ pub fn wrap(text: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Where a line's text starts, for continuation lines (see [`wrap`]).
+fn text_column(line: &str) -> usize {
+    let lead = line.len() - line.trim_start().len();
+    let rest = &line[lead..];
+    if rest.starts_with("fix: ") {
+        return lead + 5;
+    }
+    match rest.find("  ") {
+        Some(gap) if gap > 0 => {
+            let after = &rest[gap..];
+            let col = lead + gap + (after.len() - after.trim_start().len());
+            if col < WIDTH / 2 {
+                col
+            } else {
+                lead + 4
+            }
+        }
+        _ => lead + 4,
+    }
 }

@@ -619,9 +619,15 @@ pub fn text(t: &Trace) -> String {
             out.push_str(&format!("     ✗ {p}\n"));
         }
     }
-    if t.reached {
-        let last = t.hops.last().map(|h| h.netns.as_str()).unwrap_or("?");
-        out.push_str(&format!("reached {} in {last}\n", t.dst));
+    if let (true, Some(last)) = (t.reached, t.hops.last()) {
+        if last.dst == t.dst {
+            out.push_str(&format!("reached {} in {}\n", t.dst, last.netns));
+        } else {
+            out.push_str(&format!(
+                "reached {} (DNAT of {}) in {}\n",
+                last.dst, t.dst, last.netns
+            ));
+        }
     } else {
         out.push_str(&format!("does not reach {}\n", t.dst));
     }

@@ -685,6 +685,53 @@ fn probe_success_reports_latency() -> Result<(), String> {
         out.status.success() && text.contains("rtt min/avg/max"),
         format!("probe text:\n{text}"),
     )?;
+    // UDP and DNS: an echo responder in b answers (a DNS probe only needs its id back).
+    let ns_b = Netns::open_name(&t.b).map_err(|e| e.to_string())?;
+    let sock = ns_b
+        .run(|| std::net::UdpSocket::bind("0.0.0.0:5353"))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("bind the echo responder in b: {e}"))?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while let Ok((len, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..len], from);
+            n += 1;
+            if n == 4 {
+                break;
+            }
+        }
+        n
+    });
+    for proto in ["udp", "dns"] {
+        let (out, text) = run_netlab(
+            &t.host,
+            &[
+                "probe",
+                &t.a,
+                &t.b,
+                "--proto",
+                proto,
+                "--port",
+                "5353",
+                "-c",
+                "2",
+                "--json",
+                "--no-processes",
+            ],
+        )?;
+        let r = json_of(&out, proto)?;
+        ensure(
+            out.status.success() && r["received"] == 2,
+            format!("{proto} probe to the echo responder: {text}"),
+        )?;
+    }
+    ensure(
+        echo.join().map_err(|_| "echo thread panicked")? == 4,
+        "the responder did not see 4 probes",
+    )?;
     let (out, _) = run_netlab(
         &t.host,
         &[
