@@ -152,6 +152,8 @@ struct Server {
     reloading: tokio::sync::Mutex<()>,
     /// When the table became empty (exit after the grace period).
     idle_since: Mutex<Option<Instant>>,
+    /// Wakes the main loop when `idle_since` changes (reloads run in control tasks).
+    idle_changed: tokio::sync::Notify,
     exiting: AtomicBool,
 }
 
@@ -206,6 +208,7 @@ impl Server {
                 (false, _) => None,
             };
         }
+        self.idle_changed.notify_one();
         if errors.is_empty() {
             Ok(())
         } else {
@@ -315,6 +318,7 @@ async fn serve(opts: Options) -> Result<()> {
         listeners: Mutex::new(HashMap::new()),
         reloading: tokio::sync::Mutex::new(()),
         idle_since: Mutex::new(None),
+        idle_changed: tokio::sync::Notify::new(),
         exiting: AtomicBool::new(false),
     });
     if let Err(e) = server.reload().await {
@@ -341,6 +345,7 @@ async fn serve(opts: Options) -> Result<()> {
                     tokio::spawn(server.clone().control(stream));
                 }
             }
+            _ = server.idle_changed.notified() => {}
             _ = term.recv() => break None,
             _ = int.recv() => break None,
             _ = tokio::time::sleep_until(wake), if idle.is_some() => {
