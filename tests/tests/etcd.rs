@@ -83,6 +83,11 @@ fn main() {
         failover_to_the_next_endpoint,
     )
     .test("etcd::ipam_is_cluster_wide", ETCD, ipam_is_cluster_wide)
+    .test(
+        "etcd::lock_serialises_unprotected_writes",
+        ETCD,
+        lock_serialises_unprotected_writes,
+    )
     .test("etcd::operation_costs", ETCD, operation_costs)
     .test("etcd::open_global_spellings", &[], open_global_spellings)
     .worker("hold-lock", worker_hold_lock)
@@ -339,7 +344,15 @@ fn fixture_starts_stops_and_restarts() -> Result<(), String> {
     inner.start_again()?;
     // IPv6, in the fake host: the fixture on a v6 address and the store's [ADDR]:PORT
     // spelling, with the client in that namespace too.
-    host.sh(&["ip", "addr", "add", "fd4e:6c00:ffff::1/128", "dev", "lo", "nodad"])?;
+    host.sh(&[
+        "ip",
+        "addr",
+        "add",
+        "fd4e:6c00:ffff::1/128",
+        "dev",
+        "lo",
+        "nodad",
+    ])?;
     let v6 = Etcd::start_at(
         Some(host.netns().path()),
         "fd4e:6c00:ffff::1".parse().map_err(|_| "bad v6")?,
@@ -1120,4 +1133,51 @@ fn operation_costs() -> Result<(), String> {
     check(lock < Duration::from_millis(500), || {
         format!("lock+unlock {lock:?}")
     })
+}
+
+/// Six threads increment a counter with plain read-then-write (no CAS) under the lock: only
+/// mutual exclusion keeps every increment. Waiters queue on the lock key's watch.
+fn lock_serialises_unprotected_writes() -> Result<(), String> {
+    let e = Etcd::start(None)?;
+    let s = Arc::new(store(&e)?);
+    let k = Key::new(["plain-counter"]);
+    s.put_json(&k, &0u64, Expect::Absent)
+        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let s = s.clone();
+            let k = k.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                for _ in 0..5 {
+                    let g = s
+                        .lock("counter", Duration::from_secs(30))
+                        .map_err(|e| e.to_string())?;
+                    let (_, n): (u64, u64) = s
+                        .get_json(&k)
+                        .map_err(|e| e.to_string())?
+                        .ok_or("counter vanished")?;
+                    // Widen the window a lost update would need.
+                    std::thread::sleep(Duration::from_millis(2));
+                    s.put_json(&k, &(n + 1), Expect::Any)
+                        .map_err(|e| e.to_string())?;
+                    drop(g);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| "a locking thread panicked")??;
+    }
+    let took = t.elapsed();
+    let (_, n): (u64, u64) = s
+        .get_json(&k)
+        .map_err(|e| e.to_string())?
+        .ok_or("counter vanished")?;
+    check(n == 30, || {
+        format!("counter is {n}, expected 30: the lock let two in")
+    })?;
+    eprintln!("30 contended lock/increment/unlock rounds over 6 threads in {took:?}");
+    Ok(())
 }
