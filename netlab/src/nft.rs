@@ -357,6 +357,10 @@ fn match_one(m: &Value, p: &Pkt) -> Match {
         match (proto, field) {
             ("ip" | "ip6", "saddr") => p.src.map(|a| addr_in(a, right)),
             ("ip" | "ip6", "daddr") => p.dst.map(|a| addr_in(a, right)),
+            // The only ICMP netlab sends or traces is an echo request.
+            ("icmp" | "icmpv6", "type") => {
+                Some(p.proto.as_deref() == Some(proto) && name_in("echo-request", right))
+            }
             ("tcp" | "udp" | "th", "dport") => {
                 let same_proto = proto == "th" || p.proto.as_deref() == Some(proto);
                 if !same_proto {
