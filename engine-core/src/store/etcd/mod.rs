@@ -89,8 +89,9 @@ impl EtcdStore {
             spec: self.client.spec.clone(),
             endpoints: self.client.endpoints.clone(),
             preferred: AtomicUsize::new(0),
-            connect_timeout: connect,
-            request_timeout: request,
+            // Zero would mean "no timeout" to nobody: sockets refuse it.
+            connect_timeout: connect.max(Duration::from_millis(1)),
+            request_timeout: request.max(Duration::from_millis(1)),
         };
         EtcdStore {
             client: Arc::new(c),
@@ -364,8 +365,9 @@ impl Client {
         }
     }
 
-    /// Connects to the first endpoint that accepts, starting with the one that worked last.
-    fn connect(&self) -> Result<(std::net::TcpStream, &str)> {
+    /// Connects to the first endpoint that accepts, starting with the one that worked last;
+    /// returns the socket and the endpoint's index.
+    fn connect(&self) -> Result<(std::net::TcpStream, usize)> {
         let n = self.endpoints.len();
         let start = self.preferred.load(Ordering::Relaxed) % n;
         let mut errors = Vec::new();
@@ -378,7 +380,7 @@ impl Client {
                         tracing::info!(store = %self.spec, endpoint = %ep, "etcd: failed over");
                         self.preferred.store(idx, Ordering::Relaxed);
                     }
-                    return Ok((s, ep));
+                    return Ok((s, idx));
                 }
                 Err(e) => errors.push(format!("{ep}: {e}")),
             }
@@ -386,9 +388,15 @@ impl Client {
         Err(self.unreachable(errors.join("; ")))
     }
 
-    /// Opens a POST whose answer is read as it comes (the watch stream).
-    fn open(&self, path: &str, body: &Value) -> Result<(u16, http::Body)> {
-        let (stream, ep) = self.connect()?;
+    /// Sends a POST on a connected socket; its answer is read as it comes.
+    fn send(
+        &self,
+        stream: std::net::TcpStream,
+        idx: usize,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, http::Body)> {
+        let ep = &self.endpoints[idx];
         stream
             .set_read_timeout(Some(self.request_timeout))
             .and_then(|()| stream.set_write_timeout(Some(self.request_timeout)))
@@ -398,28 +406,36 @@ impl Client {
             .map_err(|e| self.unreachable(format!("{ep}{path}: {}", self.io_text(&e))))
     }
 
-    /// One unary call. `idempotent` calls are retried on the next endpoint when the answer is
-    /// lost; writes only move on when the connection was refused (the request never left).
+    /// Opens a POST whose answer is read as it comes (watch streams).
+    fn open(&self, path: &str, body: &Value) -> Result<(u16, http::Body)> {
+        let (stream, idx) = self.connect()?;
+        self.send(stream, idx, path, body)
+    }
+
+    /// One unary call. Every call moves on to the next endpoint when a connection cannot be
+    /// made (the request never left); `idempotent` ones also when the answer is lost.
     fn call(&self, path: &str, body: &Value, idempotent: bool) -> Result<Value> {
         let attempts = if idempotent { self.endpoints.len() } else { 1 };
-        let mut last = None;
-        for _ in 0..attempts {
-            match self.call_once(path, body) {
-                Err(e) if e.is_unavailable() => {
-                    if attempts > 1 {
-                        // Let connect() start from the next endpoint.
-                        self.preferred.fetch_add(1, Ordering::Relaxed);
-                    }
-                    last = Some(e);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // connect() has tried every endpoint already when it fails: no point going round.
+            let (stream, idx) = self.connect()?;
+            let result = self
+                .send(stream, idx, path, body)
+                .and_then(|(status, answer)| self.answer(path, status, answer));
+            match result {
+                Err(e) if e.is_unavailable() && attempt < attempts => {
+                    tracing::debug!(store = %self.spec, error = %e, "etcd: answer lost, trying the next endpoint");
+                    self.preferred.store(idx + 1, Ordering::Relaxed);
                 }
                 other => return other,
             }
         }
-        Err(last.unwrap_or_else(|| self.unreachable("no endpoint")))
     }
 
-    fn call_once(&self, path: &str, body: &Value) -> Result<Value> {
-        let (status, answer) = self.open(path, body)?;
+    /// A unary answer: JSON, or the error it carries.
+    fn answer(&self, path: &str, status: u16, answer: http::Body) -> Result<Value> {
         let bytes = answer
             .read_all()
             .map_err(|e| self.unreachable(format!("{path}: {}", self.io_text(&e))))?;
@@ -713,6 +729,45 @@ mod tests {
             start.as_str() < "/netloom/networks/web/ep"
                 && "/netloom/networks/web/ep" < end.as_str()
         );
+    }
+
+    /// A server that answers every connection with `answer` (None: hangs up at once), for
+    /// `n` connections.
+    fn fake(answer: Option<&'static str>, n: usize) -> std::net::SocketAddr {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..n {
+                let Ok((mut c, _)) = l.accept() else { return };
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                if let Some(body) = answer {
+                    let _ = write!(
+                        c,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn lost_answers_move_reads_on_but_not_writes() {
+        let ok = r#"{"header":{"revision":"7"},"kvs":[{"key":"L25ldGxvb20veA==","mod_revision":"7","value":"eQ=="}]}"#;
+        let hangs_up = fake(None, 2);
+        let answers = fake(Some(ok), 2);
+        let s = EtcdStore::open(&format!("etcd://{hangs_up},{answers}")).unwrap();
+        // The read went to the first endpoint, lost its answer, and asked the second.
+        let v = s.get(&Key::new(["x"])).unwrap().unwrap();
+        assert_eq!((v.version, v.value), (7, b"y".to_vec()));
+        // A write is not sent twice: back on the first endpoint, it reports the outage.
+        s.client.preferred.store(0, Ordering::Relaxed);
+        let e = s.put(&Key::new(["x"]), b"z", Expect::Any).unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        assert!(e.to_string().contains(&hangs_up.to_string()), "{e}");
     }
 
     #[test]
