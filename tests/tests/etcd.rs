@@ -811,6 +811,8 @@ fn list_and_watch_has_no_gap() -> Result<(), String> {
             .is_none(),
         || "an event with nothing changed".into(),
     )?;
+    // Idle longer than the request timeout (2 s): the stream must not time out.
+    std::thread::sleep(Duration::from_millis(2500));
     let t = Instant::now();
     s.put(&prefix.join("late"), b"1", Expect::Absent)
         .map_err(|e| e.to_string())?;
