@@ -259,7 +259,7 @@ pub fn trace(
             Ok(a) => a,
             Err(e) => {
                 hop.action = "drop".into();
-                hop.problem = Some(route_problem(w, cur, &e, d_addr, iif.as_deref()));
+                hop.problem = Some(route_problem(w, cur, &e, d_addr, s_addr, iif.as_deref()));
                 t.hops.push(hop);
                 break;
             }
@@ -398,18 +398,44 @@ fn route_problem(
     i: usize,
     e: &RouteGetError,
     dst: IpAddr,
+    src: Option<IpAddr>,
     iif: Option<&str>,
 ) -> String {
     let label = w.inv.namespaces[i].label.clone();
+    // Kernels report a failed reverse-path check as EXDEV (older) or EINVAL (newer, where it
+    // is one of the "martian source" reasons): tell it from the sysctls and the route back.
+    let rp = match (e, iif) {
+        (RouteGetError::Errno(libc::EXDEV), Some(_)) => true,
+        (RouteGetError::Errno(libc::EINVAL), Some(ifname)) => {
+            let strict = ["all", ifname].iter().any(|k| {
+                w.sysctl(i, &format!("net.ipv4.conf.{k}.rp_filter"))
+                    .as_deref()
+                    == Some("1")
+            });
+            let back = src.and_then(|s| w.route_get(i, s, None, None).ok());
+            let in_index = w.inv.namespaces[i].iface(ifname).map(|f| f.index);
+            strict && back.is_some_and(|b| b.oif != in_index)
+        }
+        _ => false,
+    };
+    if rp {
+        // The kernel uses the larger of `all` and the interface's own value.
+        let ifname = iif.unwrap_or("all");
+        let all = w.sysctl(i, "net.ipv4.conf.all.rp_filter");
+        let dev = w.sysctl(i, &format!("net.ipv4.conf.{ifname}.rp_filter"));
+        return format!(
+            "reverse-path filter in {label}: the route back to {} does not leave via {ifname} \
+             (rp_filter all={}, {ifname}={}; 1 is strict)",
+            src.map(|s| s.to_string())
+                .unwrap_or_else(|| "the source".into()),
+            all.as_deref().unwrap_or("?"),
+            dev.as_deref().unwrap_or("?")
+        );
+    }
     match e {
         RouteGetError::Errno(libc::ENETUNREACH) => {
             format!("no route to {dst} in {label}")
         }
-        RouteGetError::Errno(libc::EXDEV) => format!(
-            "reverse-path filter in {label}: the route back to the source does not leave via {} \
-             (rp_filter strict)",
-            iif.unwrap_or("?")
-        ),
         RouteGetError::Errno(libc::EHOSTUNREACH) => {
             if iif.is_some() && forwarding_off(w, i, dst) {
                 format!(

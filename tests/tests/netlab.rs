@@ -77,6 +77,11 @@ fn main() {
         probe_names_the_nft_drop_rule,
     )
     .test(
+        "netlab::probe_explains_rp_filter",
+        &topo,
+        probe_explains_rp_filter,
+    )
+    .test(
         "netlab::probe_finds_the_path_mtu",
         &topo,
         probe_finds_the_path_mtu,
@@ -934,6 +939,37 @@ fn probe_names_the_nft_drop_rule() -> Result<(), String> {
             && text.contains("firewall")
             && text.contains("chain fw handle"),
         format!("rule without counter not named:\n{text}"),
+    )
+}
+
+fn probe_explains_rp_filter() -> Result<(), String> {
+    let r = routed("prrp", true, None)?;
+    let h = &r.t.host;
+    // The host believes a lives behind br1, so a's packets arriving on br0 fail the strict
+    // reverse-path check.
+    h.sh(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{}/32", r.t.ip(2)),
+        "dev",
+        "br1",
+    ])?;
+    h.sh(&["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1"])?;
+    let (out, text) = run_netlab(
+        h,
+        &["probe", &r.t.a, &r.c, "-c", "1", "--json", "--no-processes"],
+    )?;
+    ensure(
+        out.status.code() == Some(1),
+        format!("exit {}: {text}", out.status),
+    )?;
+    let rep = json_of(&out, "probe")?;
+    ensure(
+        causes(&rep).iter().any(|c| {
+            c.0 == "rp_filter" && c.1 == "host" && c.2.contains("br0") && c.2.contains("all=1")
+        }),
+        format!("rp_filter not explained: {rep}"),
     )
 }
 
