@@ -220,12 +220,26 @@ impl Etcd {
     }
 
     fn free_port(&self, ip: IpAddr) -> Result<u16, String> {
-        self.in_ns(move || {
-            TcpListener::bind(SocketAddr::new(ip, 0))
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .map_err(|e| format!("find a free port on {ip}: {e}"))
-        })?
+        // A fresh IPv6 address is unusable while duplicate address detection runs (about a
+        // second; `nodad` skips it): wait for it rather than fail.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = self.in_ns(move || {
+                TcpListener::bind(SocketAddr::new(ip, 0))
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+            })?;
+            match r {
+                Ok(port) => return Ok(port),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => return Err(format!("find a free port on {ip}: {e}")),
+            }
+        }
     }
 
     /// Runs `f` in etcd's namespace (on a scratch thread) or here.
