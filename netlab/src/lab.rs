@@ -322,7 +322,9 @@ fn build(lab: &LabFile, dir: &Path, state: &mut State, report: &mut UpReport) ->
             continue;
         }
         let ns = Netns::create_named(&full)?.persist();
-        state.namespaces.push(full.clone());
+        if !state.namespaces.contains(&full) {
+            state.namespaces.push(full.clone());
+        }
         write_state(dir, state)?;
         report.created.push(format!("netns {full}"));
         handles.insert(n.name.clone(), ns);
@@ -369,7 +371,7 @@ fn build(lab: &LabFile, dir: &Path, state: &mut State, report: &mut UpReport) ->
                 spec = spec.mtu(m);
             }
             c.create_bridge(&spec)?;
-            if b.netns == HOST {
+            if b.netns == HOST && !owned(state, HOST, &b.name) {
                 state.links.push((HOST.into(), b.name.clone()));
                 write_state(dir, state)?;
             }
@@ -395,23 +397,30 @@ fn build(lab: &LabFile, dir: &Path, state: &mut State, report: &mut UpReport) ->
             label(&l.b.netns),
             l.b.name
         );
-        if a_there || b_there {
-            let mine = owned(state, &l.a.netns, &l.a.name) && owned(state, &l.b.netns, &l.b.name);
-            if !(a_there && b_there && mine) {
-                return Err(Error::Invalid(format!(
-                    "{what}: an end already exists and is not this lab's (or its other end is \
-                     gone): refusing to adopt it"
-                )));
-            }
+        let mine = owned(state, &l.a.netns, &l.a.name) && owned(state, &l.b.netns, &l.b.name);
+        if (a_there || b_there) && !mine {
+            return Err(Error::Invalid(format!(
+                "{what}: an end already exists and is not lab {}'s: refusing to adopt it",
+                lab.name
+            )));
+        }
+        if a_there && b_there {
             report.already.push(what);
         } else {
+            // One end left (its namespace was deleted by hand): the pair is rebuilt.
+            for (there, e, c) in [(a_there, &l.a, ca), (b_there, &l.b, cb)] {
+                if there {
+                    c.delete_link_if_exists(e.name.as_str())?;
+                }
+            }
             let peer_ns = handles
                 .get(&l.b.netns)
                 .ok_or_else(|| Error::Invalid(format!("namespace {} unknown", l.b.netns)))?;
             ca.create_veth(&VethSpec::new(&l.a.name, &l.b.name).peer_netns(peer_ns))?;
             for e in [&l.a, &l.b] {
-                if e.netns == HOST {
-                    state.links.push((HOST.into(), e.name.clone()));
+                let rec = (HOST.to_string(), e.name.clone());
+                if e.netns == HOST && !state.links.contains(&rec) {
+                    state.links.push(rec);
                 }
             }
             write_state(dir, state)?;

@@ -727,8 +727,13 @@ fn icmp_round(
     round: &mut Round,
 ) {
     let v4 = dst.is_ipv4();
-    let ident =
-        (std::process::id() as u16).wrapping_add(Instant::now().elapsed().subsec_nanos() as u16);
+    // Raw ICMP sockets see every echo reply in the namespace: the identifier (pid mixed with
+    // the clock, so two probes of one process differ) picks out ours.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let ident = (std::process::id() as u16) ^ ((nanos >> 10) as u16);
     let payload_len = size
         .map(|s| s - min_size(dst, Proto::Icmp) + 8)
         .unwrap_or(56);

@@ -1176,8 +1176,21 @@ fn lab_up_down() -> Result<(), String> {
         }),
         format!("lab ls: {ls}"),
     )?;
-    // The lab works: a reaches b through the host's bridge.
+    // A namespace deleted by hand: `lab ls` says so, and `up` rebuilds it and its veth pair.
     let (a, b) = (format!("{name}-a"), format!("{name}-b"));
+    Netns::remove_named(std::path::Path::new("/run/netns"), &a).map_err(|e| e.to_string())?;
+    let ls = ok_json(&host, &["lab", "ls", "--json"])?;
+    ensure(
+        ls.to_string().contains(&format!("netns {a}")),
+        format!("lab ls does not report {a} missing: {ls}"),
+    )?;
+    let again = ok_json(&host, &["lab", "up", &file, "--name", &name, "--json"])?;
+    ensure(
+        again["created"].to_string().contains(&format!("netns {a}"))
+            && again["created"].to_string().contains("lab-a"),
+        format!("lab up after a deleted namespace: {again}"),
+    )?;
+    // The lab works: a reaches b through the host's bridge.
     let (out, text) = run_netlab(&host, &["probe", &a, &b, "-c", "1", "--no-processes"])?;
     ensure(
         out.status.success(),
