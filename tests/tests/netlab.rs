@@ -1176,6 +1176,12 @@ fn lab_up_down() -> Result<(), String> {
         }),
         format!("lab ls: {ls}"),
     )?;
+    let (_, text) = run_netlab(&host, &["lab", "ls"])?;
+    ensure(
+        text.contains(&format!("{name}  2 namespaces, 3 host links"))
+            && text.contains("links: host:labbr0 host:lab-a host:lab-b"),
+        format!("lab ls text:\n{text}"),
+    )?;
     // A namespace deleted by hand: `lab ls` says so, and `up` rebuilds it and its veth pair.
     let (a, b) = (format!("{name}-a"), format!("{name}-b"));
     Netns::remove_named(std::path::Path::new("/run/netns"), &a).map_err(|e| e.to_string())?;
