@@ -621,6 +621,11 @@ fn describe_io(e: &std::io::Error, timeout: Duration) -> String {
             format!("no answer within {timeout:?}")
         }
         std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        _ if e.raw_os_error() == Some(libc::ENOBUFS) => {
+            "dropped as it was sent (ENOBUFS: a veth whose peer has a smaller MTU, or a full \
+             queue)"
+                .into()
+        }
         _ => e.to_string(),
     }
 }
