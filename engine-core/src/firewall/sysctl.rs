@@ -5,8 +5,10 @@
 //! bridge alone (never `all`), and the `guard` chain drops 127.0.0.0/8 arriving on any other
 //! interface, so LAN hosts cannot use it (moby#45610).
 //!
-//! Written through /proc/sys from a thread inside the firewall's namespace (/proc/sys/net
-//! follows the namespace of the thread that opens the file); never by running `sysctl`.
+//! Set through netlink (`IFLA_INET_CONF`), which works where /proc/sys is mounted read-only
+//! (Docker runs managed plugins that way); read back through /proc/sys from a thread inside the
+//! firewall's namespace (/proc/sys/net follows the namespace of the thread that opens it).
+//! Never by running `sysctl`.
 
 use std::io::ErrorKind;
 
@@ -14,6 +16,7 @@ use tracing::warn;
 
 use crate::error::{Error, Result};
 use crate::model::{validate_ifname, Drift};
+use crate::netlink::Netlink;
 use crate::netns::Netns;
 
 fn path(ifname: &str) -> Result<String> {
@@ -24,18 +27,15 @@ fn path(ifname: &str) -> Result<String> {
 /// Sets route_localnet=1 on `ifname` inside `ns`. A missing interface is only a warning: the
 /// rules are name-based and work once it appears, except for 127.0.0.1 publishing.
 pub fn enable_route_localnet(ns: &Netns, ifname: &str) -> Result<()> {
-    let p = path(ifname)?;
-    let r = ns.run(|| std::fs::write(&p, b"1"))?;
-    match r {
+    validate_ifname(ifname)?;
+    let nl = Netlink::in_netns(ns)?;
+    match nl.enable_route_localnet(ifname) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
+        Err(e) if e.errno() == Some(libc::ENODEV) => {
             warn!(interface = ifname, "interface does not exist yet; ports published on 127.0.0.1 will not work until the firewall is reapplied");
             Ok(())
         }
-        Err(e) => Err(Error::io(
-            format!("write {p} in {}", ns.path().display()),
-            e,
-        )),
+        Err(e) => Err(e),
     }
 }
 

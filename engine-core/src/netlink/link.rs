@@ -4,9 +4,9 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use netlink_packet_route::link::{
-    InfoBridge, InfoBridgePort, InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoPortData,
-    InfoPortKind, InfoVeth, InfoVlan, InfoVxlan, IpVlanFlags, IpVlanMode, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage, MacVlanMode, State,
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoBridge, InfoBridgePort, InfoData, InfoIpVlan,
+    InfoKind, InfoMacVlan, InfoPortData, InfoPortKind, InfoVeth, InfoVlan, InfoVxlan, IpVlanFlags,
+    IpVlanMode, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode, State,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -559,6 +559,21 @@ impl Netlink {
                 ]))
             },
         )
+    }
+
+    /// Sets `net.ipv4.conf.<link>.route_localnet` to 1 through netlink (`IFLA_INET_CONF`), so
+    /// it works where /proc/sys is read-only (a Docker managed plugin). Only the non-zero
+    /// fields of the request reach the kernel: nothing else of the link's settings changes.
+    pub fn enable_route_localnet(&self, link: impl Into<LinkRef>) -> Result<()> {
+        let link = link.into();
+        let mut conf = InetDevConf::default();
+        conf.route_localnet = 1;
+        self.change(&|| format!("enable route_localnet on {link}"), &link, |m| {
+            m.attributes
+                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                    AfSpecInet::DevConfRequest(conf),
+                ])]))
+        })
     }
 
     /// Renames a link. Kernels before 6.x refuse (`EBUSY`) while the link is up (6.18 allows

@@ -481,3 +481,20 @@ root_test! {
         assert_eq!(nl.links().unwrap().len(), 1 + 8);
     }
 }
+
+root_test! {
+    fn root_route_localnet_through_netlink_changes_nothing_else() {
+        let (ns, nl) = scratch();
+        nl.set_up("lo").unwrap();
+        ns.sysctl_set("net/ipv4/conf/lo/rp_filter", "2").unwrap();
+        let before_fwd = ns.sysctl_get("net.ipv4.conf.lo.forwarding").unwrap();
+        assert_eq!(ns.sysctl_get("net.ipv4.conf.lo.route_localnet").unwrap(), "0");
+        nl.enable_route_localnet("lo").unwrap();
+        assert_eq!(ns.sysctl_get("net.ipv4.conf.lo.route_localnet").unwrap(), "1");
+        // Only the field asked for: the request carries no zeros for the others.
+        assert_eq!(ns.sysctl_get("net.ipv4.conf.lo.rp_filter").unwrap(), "2");
+        assert_eq!(ns.sysctl_get("net.ipv4.conf.lo.forwarding").unwrap(), before_fwd);
+        let err = nl.enable_route_localnet("nosuchlink9").unwrap_err();
+        assert_eq!(err.errno(), Some(libc::ENODEV), "{err}");
+    }
+}
