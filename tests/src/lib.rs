@@ -16,6 +16,7 @@ pub mod etcd;
 pub mod fakehost;
 pub mod image;
 pub mod names;
+pub mod overlay;
 pub mod podman;
 pub mod sweep;
 pub mod trial;
