@@ -77,6 +77,9 @@ fn main() {
     })
     .test("docker::macvlan_on_a_veth_parent", DOCKER_MACVLAN, || {
         serial(macvlan_on_veth_parent)
+    })
+    .test("docker::managed_plugin_creates_networks", DOCKER, || {
+        serial(managed_plugin)
     });
     run_main(s)
 }
@@ -1221,4 +1224,116 @@ fn macvlan_on_veth_parent() -> Result<(), String> {
     })?;
     env.host.sh(&["ip", "link", "del", &parent])?;
     Ok(())
+}
+
+/// A managed (v2) plugin, as daemon/plugin/build.sh makes it, removed on drop.
+struct ManagedPlugin<'a> {
+    env: &'a DockerEnv,
+    name: String,
+}
+
+impl Drop for ManagedPlugin<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .env
+            .dockerd
+            .docker(&["plugin", "disable", "-f", &self.name]);
+        let _ = self.env.dockerd.docker(&["plugin", "rm", "-f", &self.name]);
+    }
+}
+
+/// netloomd as a Docker managed plugin (daemon/plugin/build.sh): Docker runs it with /proc/sys
+/// read-only, so everything it sets on the host (route_localnet for 127.0.0.1 publishing) must
+/// go through netlink. Two containers talk and a port published on 127.0.0.1 answers.
+fn managed_plugin() -> Result<(), String> {
+    let env = DockerEnv::start("dkp")?;
+    let bin = tests::cni::our_bin("netloomd")?;
+    let name = format!("nlt{}/netloom:test", names::next());
+    let state = env.host.state_dir().join("plugin-state");
+    std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/plugin/build.sh");
+    let docker = format!(
+        "{} -H unix://{}",
+        tests::docker::docker_cli().display(),
+        env.dockerd.sock.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&name)
+        .env("DOCKER", &docker)
+        .env("NETLOOMD_BIN", &bin)
+        .env("ENABLE", "0")
+        .output()
+        .map_err(|e| format!("run {}: {e}", script.display()))?;
+    let plugin = ManagedPlugin {
+        env: &env,
+        name: name.clone(),
+    };
+    ensure(out.status.success(), || {
+        format!(
+            "build.sh failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    // The test's own state directory and its dockerd's netns directory instead of the host's.
+    let netns_dir = env.dockerd.root.join("exec/netns");
+    std::fs::create_dir_all(&netns_dir).map_err(|e| e.to_string())?;
+    env.docker(&[
+        "plugin",
+        "set",
+        &name,
+        &format!("state.source={}", state.display()),
+        &format!("netns.source={}", netns_dir.display()),
+    ])?;
+    env.docker(&["plugin", "enable", &name])?;
+    let subnet = names::subnet_v4().to_string();
+    env.docker(&[
+        "network",
+        "create",
+        "-d",
+        &name,
+        "--ipam-driver",
+        &name,
+        "--subnet",
+        &subnet,
+        "mp",
+    ])?;
+    env.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "w1",
+        "--network",
+        "mp",
+        "-p",
+        "127.0.0.1:18085:80",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ])?;
+    env.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "w2",
+        "--network",
+        "mp",
+        IMAGE,
+        "sleep",
+        "300",
+    ])?;
+    ping_ok(&env, "w2", &env.ip_of("w1", "mp")?)?;
+    let body = get(&env.host, "127.0.0.1:18085")?;
+    ensure(body.contains("hello from netloom"), || {
+        format!("127.0.0.1:18085 through the managed plugin answered {body:?}")
+    })?;
+    env.docker(&["rm", "-f", "w1", "w2"])?;
+    env.docker(&["network", "rm", "mp"])?;
+    drop(plugin);
+    no_leftovers(&env.host, &state)
 }
