@@ -46,10 +46,31 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(logf);
         let child = cmd.spawn().map_err(|e| format!("start netloomd: {e}"))?;
-        Ok(Agent {
+        let mut agent = Agent {
             child: Some(child),
             log,
-        })
+        };
+        // netloomd starts the agent after its firewall: a CNI ADD racing that first firewall
+        // setup in a fresh namespace can lose its etcd connection's SYN-ACK to conntrack
+        // (invalid state), which is not what these tests are about.
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&agent.log).unwrap_or_default();
+            if text.contains("overlay agent starting") {
+                return Ok(agent);
+            }
+            if let Some(Ok(Some(st))) = agent.child.as_mut().map(|c| c.try_wait()) {
+                agent.child = None;
+                return Err(format!("netloomd exited ({st}):\n{}", agent.log_tail()));
+            }
+            if Instant::now() > end {
+                return Err(format!(
+                    "netloomd did not start its agent:\n{}",
+                    agent.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -186,6 +207,16 @@ impl Lab {
                 v4(last).parse()
             }
             .map_err(|e| format!("{e}"))?;
+            // A new veth drops packets until the kernel's link watcher activates its queue
+            // (batched, up to a second): wait until the host reaches the lab before anything
+            // talks to etcd, so no first SYN is lost to it.
+            let lab_ip = v4(1);
+            let end = Instant::now() + Duration::from_secs(10);
+            while fh.sh(&["ping", "-c1", "-W", "0.3", &lab_ip]).is_err() {
+                if Instant::now() > end {
+                    return Err(format!("fake host {i} cannot reach the lab at {lab_ip}"));
+                }
+            }
             let agent = Agent::start(&fh, &out.etcd.url(), vtep)?;
             out.hosts.push(Host {
                 agent: Some(agent),

@@ -157,6 +157,20 @@ fn three_hosts() -> Result<(), String> {
         return Err("one overlay has different VNIs on two hosts".into());
     }
 
+    // A repeated ADD of an attached container is refused and does not withdraw it.
+    let again = run(
+        &lab.hosts[0].fh,
+        &our_bin("netloom-vxlan")?,
+        &call("ADD", "c3", Some(&c3.netns)),
+        &c3conf,
+    )?;
+    again.err_code(101)?;
+    ping_until(&ctrs[2].1.netns, &c3.ip, Duration::from_secs(2))
+        .map_err(|e| format!("after a refused repeated ADD: {e}"))?;
+    if !fdb(&lab.hosts[1], &net)?.contains(&format!("{} dst ", c3.mac)) {
+        return Err("a refused repeated ADD withdrew the live container".into());
+    }
+
     // DEL withdraws the container everywhere.
     del(&lab.hosts[0], &c3conf, "c3", &c3)?;
     let gone = wait_for(Duration::from_secs(5), || {

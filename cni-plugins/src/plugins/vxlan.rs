@@ -21,7 +21,7 @@ use std::sync::Arc;
 use drivers::overlay::control::{self, EndpointRecord, MacAddrText, OverlayRequest};
 use drivers::overlay::{agent, names, options as oopt};
 use engine_core::engine::{AttachRequest, Engine, SandboxSetup};
-use engine_core::ipam::{Ipam, Release};
+use engine_core::ipam::{AddressRequest, Ipam, Release};
 use engine_core::model::{NetworkSpec, Sandbox};
 use engine_core::netlink::Netlink;
 use engine_core::sandbox::NetlinkSandboxes;
@@ -209,6 +209,49 @@ impl Parsed {
     }
 }
 
+/// Leases one address per range set from the global pools (a static one where asked), all or
+/// none.
+fn lease(
+    ctx: &Context,
+    pools: &[String],
+    conf: &IpamConf,
+    owner: &str,
+    wanted: &[IpAddr],
+) -> Result<Vec<IpAddr>, CniError> {
+    for a in wanted {
+        if !conf.range_sets.iter().flatten().any(|r| r.subnet.contains(*a)) {
+            return Err(CniError::invalid_config(format!(
+                "requested address {a} is in no subnet of this overlay"
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    for (i, pool) in pools.iter().enumerate() {
+        let address = wanted
+            .iter()
+            .copied()
+            .find(|a| conf.range_sets[i].iter().any(|r| r.subnet.contains(*a)));
+        match ctx.ipam.request_address(
+            pool,
+            &AddressRequest {
+                owner: owner.to_string(),
+                address,
+            },
+        ) {
+            Ok(l) => out.push(l.address.ip()),
+            Err(e) => {
+                for p in &pools[..i] {
+                    let _ = ctx
+                        .ipam
+                        .release_address(p, &Release::Owner(owner.to_string()));
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The firewall backend: `NETLOOM_FIREWALL` (nftables, iptables, auto).
 fn firewall_backend() -> Result<Arc<dyn engine_core::firewall::Firewaller>, CniError> {
     let choice = std::env::var("NETLOOM_FIREWALL").unwrap_or_else(|_| "auto".into());
@@ -283,6 +326,54 @@ impl Plugin for VxlanPlugin {
             &p.network_spec(name, &pools, rec.vni, vtep, mtu),
             o.ctx.overlap(),
         )?;
+        if let Some(existing) = o.ctx.engine.get_endpoint(&net.id, &req.key)? {
+            // Checked before anything is leased or announced: undoing a failed ADD below must
+            // never withdraw a live attachment.
+            return Err(engine_core::Error::Conflict(format!(
+                "container {} already has interface {} on network {name} ({}); DEL it first",
+                req.key.container_id,
+                req.key.ifname,
+                existing
+                    .addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+        // Lease and announce first, attach second: remote agents program the container while
+        // this host is still creating it, so it is reachable from everywhere when ADD returns
+        // (a ping that beats the programming loses its ARP and waits a second for the retry).
+        let owner = req.key.owner();
+        let ips = lease(&o.ctx, &pools, &p.ipam, &owner, &requested_ips(req)?)?;
+        let mac = match &req.config.runtime_config.mac {
+            Some(m) => m.clone(),
+            None => ips
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(ips.first())
+                .map(|a| control::mac_for(*a).to_string())
+                .unwrap_or_default(),
+        };
+        let record = EndpointRecord {
+            ips: ips.clone(),
+            mac: MacAddrText(mac.clone()),
+            vtep,
+        };
+        let undo = |o: &Opened| {
+            let _ = control::withdraw_endpoint(o.global.as_ref(), &p.overlay, vtep, &owner);
+            for pool in &pools {
+                let _ = o
+                    .ctx
+                    .ipam
+                    .release_address(pool, &Release::Owner(owner.clone()));
+            }
+        };
+        if let Err(e) = control::publish_endpoint(o.global.as_ref(), &p.overlay, &owner, &record) {
+            undo(&o);
+            return Err(e.into());
+        }
         let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway).collect();
         let attach = AttachRequest {
             network_id: net.id.clone(),
@@ -290,24 +381,26 @@ impl Plugin for VxlanPlugin {
             sandbox: SandboxSetup::Configure(Sandbox {
                 netns_path: netns.clone(),
             }),
-            static_addresses: requested_ips(req)?,
-            mac: req.config.runtime_config.mac.clone(),
+            static_addresses: ips,
+            mac: Some(mac.clone()),
             ports: Vec::new(),
             extra_routes: p.ipam.sandbox_routes(&gateways),
             options: Options::new(),
         };
-        let a = o.ctx.engine.attach(&attach)?;
-        let record = EndpointRecord {
-            ips: a.endpoint.addresses.iter().map(|n| n.ip()).collect(),
-            mac: MacAddrText(a.endpoint.mac.clone().unwrap_or_default()),
-            vtep,
+        let a = match o.ctx.engine.attach(&attach) {
+            Ok(a) => a,
+            Err(e) => {
+                undo(&o);
+                return Err(e.into());
+            }
         };
-        let owner = req.key.owner();
-        if let Err(e) = control::publish_endpoint(o.global.as_ref(), &p.overlay, &owner, &record) {
-            // Nobody could reach it: take it down again rather than leave it half-made.
-            let sandbox = Sandbox { netns_path: netns };
-            let _ = o.ctx.engine.detach(&net.id, &req.key, Some(&sandbox));
-            return Err(e.into());
+        if a.endpoint.mac.as_deref() != Some(mac.as_str()) {
+            // The kernel kept another MAC (should not happen): announce the real one.
+            let fixed = EndpointRecord {
+                mac: MacAddrText(a.endpoint.mac.clone().unwrap_or_default()),
+                ..record
+            };
+            control::publish_endpoint(o.global.as_ref(), &p.overlay, &owner, &fixed)?;
         }
         if !device_was_there {
             // The device is new: the agent skipped this overlay's earlier changes, so bring it
