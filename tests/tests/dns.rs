@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tests::cni::{our_bin, run, Call};
 use tests::fakehost::run_in_path;
-use tests::{names, run_main, Cap, FakeHost, Suite};
+use tests::podman::{Podman, IMAGE};
+use tests::{image, names, run_main, Cap, FakeHost, Suite};
 
 const NEEDS: &[Cap] = &[Cap::Root, Cap::Veth, Cap::Bridge];
 
@@ -62,6 +63,17 @@ fn main() {
         "dns::reloads_never_drop_queries",
         NEEDS,
         reloads_keep_serving,
+    )
+    .test(
+        "dns::podman_containers_resolve_each_other",
+        &[
+            Cap::Root,
+            Cap::Veth,
+            Cap::Bridge,
+            Cap::Nftables,
+            Cap::Podman,
+        ],
+        podman_resolve,
     );
     run_main(s)
 }
@@ -120,6 +132,32 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// A test upstream (`netloom-dnsd test-upstream`) on `ip`:53 in `host`, once it serves.
+fn start_upstream(host: &FakeHost, ip: &str, mute: bool) -> Result<Proc, String> {
+    let mut cmd = host.command(our_bin("netloom-dnsd")?)?;
+    cmd.args(["test-upstream", "--listen", &format!("{ip}:53")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if mute {
+        cmd.arg("--mute");
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("start test upstream: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let proc = Proc(child);
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    ensure(
+        line.trim() == "ready",
+        format!("test upstream on {ip}: {line:?}"),
+    )?;
+    Ok(proc)
+}
+
 /// One network: its bridge configuration and DNS settings.
 struct Net {
     name: String,
@@ -168,28 +206,8 @@ impl Lab {
 
     /// Starts a test upstream on `ip`:53 inside the fake host and waits until it serves.
     fn upstream(&mut self, ip: &str, mute: bool) -> Result<(), String> {
-        let mut cmd = self.host.command(our_bin("netloom-dnsd")?)?;
-        cmd.args(["test-upstream", "--listen", &format!("{ip}:53")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if mute {
-            cmd.arg("--mute");
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("start test upstream: {e}"))?;
-        let out = child.stdout.take().ok_or("no stdout")?;
-        let proc = Proc(child);
-        let mut line = String::new();
-        BufReader::new(out)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        ensure(
-            line.trim() == "ready",
-            format!("test upstream on {ip}: {line:?}"),
-        )?;
-        self._upstreams.push(proc);
+        let p = start_upstream(&self.host, ip, mute)?;
+        self._upstreams.push(p);
         Ok(())
     }
 
@@ -821,4 +839,89 @@ fn reloads_keep_serving() -> Result<(), String> {
         format!("{answered} of 3000 queries answered during reloads"),
     )?;
     lab.del(&a)
+}
+
+/// The README's conflist under a real runtime: podman 4.3 (CNI backend) runs netloom-bridge
+/// then netloom-dns, writes the result's nameserver and search domain into the containers'
+/// resolv.conf, and passes `--network-alias` as runtimeConfig.aliases.
+fn podman_resolve() -> Result<(), String> {
+    let host = FakeHost::new("dnspod")?;
+    let state = host.state_dir().join("netloom");
+    let _server = ServerGuard(state.clone());
+    let _up = start_upstream(&host, UP, false)?;
+    let podman = Podman::start(&host, &tests::cni::bin_dir(), &state)?;
+    let n = names::next();
+    let net = format!("nldnspod{n}");
+    let subnet = names::subnet_v4();
+    let gateway = subnet.nth(1).ok_or("subnet too small")?.to_string();
+    let state_s = state.to_string_lossy().into_owned();
+    podman.add_conflist(
+        &net,
+        &json!({
+            "cniVersion": "1.0.0",
+            "name": net,
+            "plugins": [
+                {"type": "netloom-bridge", "bridge": format!("nldnsp{n}"), "isGateway": true,
+                 "ipMasq": true, "stateDir": state_s,
+                 "ipam": {"type": "netloom-ipam",
+                          "ranges": [[{"subnet": subnet.to_string(), "gateway": gateway}]],
+                          "routes": [{"dst": "0.0.0.0/0"}]}},
+                {"type": "netloom-dns", "capabilities": {"aliases": true},
+                 "stateDir": state_s, "upstreams": [UP]}
+            ]
+        }),
+    )?;
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        &net,
+        "--network-alias",
+        "www",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ])?;
+    let web = podman.ip_of("web", &net)?;
+    let run = |args: &[&str]| {
+        let mut argv = vec!["run", "--rm", "--network", net.as_str(), IMAGE];
+        argv.extend_from_slice(args);
+        podman.podman(&argv).map(|o| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        })
+    };
+    let resolv = run(&["cat", "/etc/resolv.conf"])?;
+    ensure(
+        resolv.contains(&format!("nameserver {gateway}")) && resolv.contains("dns.netloom"),
+        format!("resolv.conf in the container:\n{resolv}"),
+    )?;
+    for name in ["web", "www", "WEB.dns.netloom"] {
+        let out = run(&["nslookup", name])?;
+        ensure(out.contains(&web), format!("nslookup {name}:\n{out}"))?;
+    }
+    // By name, from one container to the other.
+    let page = run(&["wget", "-qO-", "http://www/"])?;
+    ensure(
+        page.trim() == image::INDEX.trim(),
+        format!("GET http://www/ gave {page:?}"),
+    )?;
+    // Forwarded through the container's resolver to the (test) upstream.
+    let out = run(&["nslookup", "x.ok.test"])?;
+    ensure(
+        out.contains("198.18.50.1"),
+        format!("nslookup x.ok.test:\n{out}"),
+    )?;
+    // podman rm runs DEL: the name is gone.
+    podman.ok(&["rm", "-f", "-t", "0", "web"])?;
+    let out = run(&["nslookup", "web"])?;
+    ensure(
+        !out.contains(&web) && out.to_ascii_uppercase().contains("NXDOMAIN"),
+        format!("web still resolves after podman rm:\n{out}"),
+    )
 }
