@@ -74,6 +74,11 @@ fn main() {
             Cap::Podman,
         ],
         podman_resolve,
+    )
+    .test(
+        "dns::killed_server_is_restarted_by_next_add",
+        NEEDS,
+        killed_server_restarts,
     );
     run_main(s)
 }
@@ -476,6 +481,34 @@ fn names_aliases() -> Result<(), String> {
         .expect("NOERROR", &["web.dns.netloom."])?;
     lab.dig(&b, &["-x", &a6])?
         .expect("NOERROR", &["web.dns.netloom."])?;
+    // Over IPv6 too: the v6 gateway is the second nameserver of the result. The container's
+    // address may still be in DAD (tentative addresses cannot send): wait for it, then one try.
+    let gw6 = a.dns_result["dns"]["nameservers"]
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .filter_map(|v| v.as_str())
+                .find(|s| s.contains(':'))
+        })
+        .ok_or(format!("no IPv6 nameserver in {}", a.dns_result))?
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = run_in_path(
+            &b.netns,
+            &["ip", "-6", "addr", "show", "dev", "eth0", "tentative"],
+        )?;
+        if out.stdout.is_empty() {
+            break;
+        }
+        ensure(
+            Instant::now() < deadline,
+            "IPv6 address still tentative after 10 s",
+        )?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dig_in(&b.netns, &gw6, &["web", "AAAA"])?.expect("NOERROR", &[&a6])?;
+    dig_in(&b.netns, &gw6, &["+tcp", "web"])?.expect("NOERROR", &[&a.v4])?;
     // The name exists without MX: NODATA, not NXDOMAIN.
     lab.dig(&b, &["web", "MX"])?.expect("NOERROR", &[])?;
     lab.dig(&b, &["nosuchname"])?.expect("NXDOMAIN", &[])?;
@@ -924,4 +957,34 @@ fn podman_resolve() -> Result<(), String> {
         !out.contains(&web) && out.to_ascii_uppercase().contains("NXDOMAIN"),
         format!("web still resolves after podman rm:\n{out}"),
     )
+}
+
+fn killed_server_restarts() -> Result<(), String> {
+    let mut lab = Lab::new("dnskill")?;
+    let n = lab.net(&[UP], false)?;
+    let a = lab.add(n, "kill-a", "survivor", &[])?;
+    let pid = lab.server.pid().ok_or("no server pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        ensure(Instant::now() < deadline, "killed server still alive")?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A crashed server leaves its socket file and nothing else: the next ADD starts a new one
+    // (the kernel released its locks), which serves every name in the store, old and new.
+    let b = lab.add(n, "kill-b", "newcomer", &[])?;
+    let new_pid = lab.server.pid().ok_or("no new server pid")?;
+    ensure(
+        new_pid != pid && alive(new_pid),
+        "no new server after the crash",
+    )?;
+    lab.dig(&b, &["survivor"])?.expect("NOERROR", &[&a.v4])?;
+    lab.dig(&a, &["newcomer"])?.expect("NOERROR", &[&b.v4])?;
+    lab.dns_call("CHECK", &a)?.ok()?;
+    lab.del(&a)?;
+    lab.del(&b)
 }
