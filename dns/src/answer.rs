@@ -34,8 +34,6 @@ pub enum Decision {
         network: String,
         upstreams: Vec<std::net::SocketAddr>,
     },
-    /// Not a DNS query worth an answer (unparseable, or a response).
-    Drop,
 }
 
 /// Parses a query; unparseable datagrams are dropped (no id to answer to).
@@ -95,7 +93,7 @@ pub fn decide(
     if q.query_type() == RecordType::PTR {
         if let Some(ip) = reverse_ip(qname) {
             if let Some(target) = net.ptr.get(&ip) {
-                let mut m = local_reply(req, net);
+                let mut m = local_reply(req);
                 if let Ok(t) = Name::from_ascii(target) {
                     m.add_answer(Record::from_rdata(
                         q.name().clone(),
@@ -124,7 +122,7 @@ pub fn decide(
         .or_else(|| in_domain.then(|| net.names.get(short)).flatten());
     match addrs {
         Some(addrs) => {
-            let mut m = local_reply(req, net);
+            let mut m = local_reply(req);
             let want: Vec<IpAddr> = addrs
                 .iter()
                 .copied()
@@ -166,7 +164,7 @@ fn forward(net: &NetTable) -> Decision {
     }
 }
 
-fn local_reply(req: &Message, _net: &NetTable) -> Message {
+fn local_reply(req: &Message) -> Message {
     let mut m = reply_to(req, ResponseCode::NoError);
     m.set_authoritative(true);
     m

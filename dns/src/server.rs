@@ -85,7 +85,6 @@ impl Shared {
         };
         let table = self.table.load();
         match answer::decide(&table, &self.rr, &asked.request, src, local) {
-            Decision::Drop => Step::Done(None),
             Decision::Reply(m) => {
                 match m.response_code() {
                     ResponseCode::Refused => Metrics::inc(&self.metrics.refused),
