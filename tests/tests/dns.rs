@@ -79,6 +79,11 @@ fn main() {
         "dns::killed_server_is_restarted_by_next_add",
         NEEDS,
         killed_server_restarts,
+    )
+    .test(
+        "dns::bad_input_is_refused_and_leaves_nothing",
+        NEEDS,
+        bad_input,
     );
     run_main(s)
 }
@@ -987,4 +992,61 @@ fn killed_server_restarts() -> Result<(), String> {
     lab.dns_call("CHECK", &a)?.ok()?;
     lab.del(&a)?;
     lab.del(&b)
+}
+
+fn bad_input() -> Result<(), String> {
+    let mut lab = Lab::new("dnsbad")?;
+    let n = lab.net(&[UP], false)?;
+    let netns = lab.host.container("bad")?;
+    let call = Call {
+        command: "ADD",
+        container_id: "bad-1",
+        netns: Some(&netns),
+        ifname: "eth0",
+        args: "IgnoreUnknown=1;K8S_POD_NAME=fine",
+    };
+    let prev = run(
+        &lab.host,
+        &our_bin("netloom-bridge")?,
+        &call,
+        &lab.nets[n].bridge_conf,
+    )?
+    .ok()?;
+    let dns = our_bin("netloom-dns")?;
+    // Not chained: no prevResult.
+    let msg = run(&lab.host, &dns, &call, &lab.dns_conf(n, &[], None))?.err_code(7)?;
+    ensure(msg.contains("prevResult"), format!("message: {msg}"))?;
+    // An alias that is no DNS name.
+    let msg = run(
+        &lab.host,
+        &dns,
+        &call,
+        &lab.dns_conf(n, &["bad name!"], Some(&prev)),
+    )?
+    .err_code(7)?;
+    ensure(msg.contains("bad name!"), format!("message: {msg}"))?;
+    // An upstream that is no address.
+    let mut conf = lab.dns_conf(n, &[], Some(&prev));
+    conf["upstreams"] = json!(["resolver.example"]);
+    let msg = run(&lab.host, &dns, &call, &conf)?.err_code(7)?;
+    ensure(msg.contains("resolver.example"), format!("message: {msg}"))?;
+    // Nothing was registered and no server was started for these.
+    ensure(
+        tests::cni::count_values(&lab.host.state_dir().join("data/dns")) == 0,
+        "a refused ADD left DNS records",
+    )?;
+    ensure(lab.server.pid().is_none(), "a refused ADD started a server")?;
+    let mut conf = lab.nets[n].bridge_conf.clone();
+    conf["prevResult"] = prev;
+    run(
+        &lab.host,
+        &our_bin("netloom-bridge")?,
+        &Call {
+            command: "DEL",
+            ..call
+        },
+        &conf,
+    )?
+    .ok()?;
+    Ok(())
 }
