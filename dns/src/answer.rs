@@ -261,6 +261,133 @@ pub fn single_query(m: &Message) -> Option<&Query> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{NetworkEntry, RecordEntry};
+
+    fn table() -> Table {
+        let net = |name: &str, subnet: &str, gw: &str| NetworkEntry {
+            name: name.into(),
+            subnets: vec![subnet.parse().unwrap()],
+            gateways: vec![gw.parse().unwrap()],
+            domain: "dns.netloom".into(),
+            upstreams: vec!["10.9.9.9:53".parse().unwrap()],
+        };
+        let rec = |net: &str, id: &str, names: &[&str], ip: &str| RecordEntry {
+            network: net.into(),
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            ips: vec![ip.parse().unwrap()],
+        };
+        Table::build(
+            vec![
+                net("a", "10.1.0.0/24", "10.1.0.1"),
+                net("b", "10.2.0.0/24", "10.2.0.1"),
+            ],
+            vec![
+                rec("a", "c1", &["web", "www"], "10.1.0.2"),
+                rec("a", "c2", &["web2", "www"], "10.1.0.3"),
+                rec("b", "c3", &["other"], "10.2.0.2"),
+            ],
+            &[],
+        )
+    }
+
+    fn ask(t: &Table, rr: &AtomicUsize, name: &str, ty: RecordType, src: &str) -> Decision {
+        let mut m = Message::new();
+        m.set_id(7)
+            .add_query(Query::query(Name::from_ascii(name).unwrap(), ty));
+        decide(t, rr, &m, src.parse().unwrap(), "10.1.0.1".parse().unwrap())
+    }
+
+    fn reply(d: Decision) -> Message {
+        match d {
+            Decision::Reply(m) => m,
+            Decision::Forward { network, .. } => panic!("forwarded for {network}"),
+        }
+    }
+
+    #[test]
+    fn scoped_names_rotation_and_negatives() {
+        let (t, rr) = (table(), AtomicUsize::new(0));
+        let m = reply(ask(&t, &rr, "WEB.dns.netloom.", RecordType::A, "10.1.0.9"));
+        assert_eq!(m.answers().len(), 1);
+        assert!(m.authoritative());
+        let first = reply(ask(&t, &rr, "www.", RecordType::A, "10.1.0.9"));
+        let second = reply(ask(&t, &rr, "www.", RecordType::A, "10.1.0.9"));
+        assert_eq!(first.answers().len(), 2);
+        assert_ne!(first.answers()[0].data(), second.answers()[0].data());
+        // Another network's name: NXDOMAIN with the SOA for negative caching.
+        let m = reply(ask(&t, &rr, "other.", RecordType::A, "10.1.0.9"));
+        assert_eq!(m.response_code(), ResponseCode::NXDomain);
+        assert_eq!(m.name_servers().len(), 1);
+        // Known name, no such type: NODATA.
+        let m = reply(ask(&t, &rr, "web.", RecordType::AAAA, "10.1.0.9"));
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+        assert!(m.answers().is_empty());
+        // Outsiders are refused, even for names that would be forwarded.
+        let m = reply(ask(&t, &rr, "example.org.", RecordType::A, "192.168.7.7"));
+        assert_eq!(m.response_code(), ResponseCode::Refused);
+    }
+
+    #[test]
+    fn ptr_and_forwarding() {
+        let (t, rr) = (table(), AtomicUsize::new(0));
+        let m = reply(ask(
+            &t,
+            &rr,
+            "3.0.1.10.in-addr.arpa.",
+            RecordType::PTR,
+            "10.1.0.9",
+        ));
+        assert_eq!(m.answers()[0].data().to_string(), "web2.dns.netloom.");
+        // An unknown address of the asker's own subnet is ours to deny; others go upstream.
+        let m = reply(ask(
+            &t,
+            &rr,
+            "77.0.1.10.in-addr.arpa.",
+            RecordType::PTR,
+            "10.1.0.9",
+        ));
+        assert_eq!(m.response_code(), ResponseCode::NXDomain);
+        assert!(matches!(
+            ask(
+                &t,
+                &rr,
+                "8.8.8.8.in-addr.arpa.",
+                RecordType::PTR,
+                "10.1.0.9"
+            ),
+            Decision::Forward { .. }
+        ));
+        match ask(&t, &rr, "example.org.", RecordType::A, "10.2.0.5") {
+            Decision::Forward { network, upstreams } => {
+                assert_eq!(network, "b");
+                assert_eq!(upstreams, vec!["10.9.9.9:53".parse().unwrap()]);
+            }
+            Decision::Reply(m) => panic!("answered {m:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_udp_answers_are_truncated() {
+        let mut m = Message::new();
+        m.add_query(Query::query(
+            Name::from_ascii("big.").unwrap(),
+            RecordType::A,
+        ));
+        for i in 0..100u8 {
+            m.add_answer(Record::from_rdata(
+                Name::from_ascii("big.").unwrap(),
+                5,
+                RData::A(A(Ipv4Addr::new(10, 0, 0, i))),
+            ));
+        }
+        let (small, tc) = encode(&m, Some(CLASSIC_UDP)).unwrap();
+        assert!(tc && small.len() <= CLASSIC_UDP);
+        assert!(Message::from_vec(&small).unwrap().truncated());
+        let (full, tc) = encode(&m, None).unwrap();
+        assert!(!tc && Message::from_vec(&full).unwrap().answers().len() == 100);
+    }
 
     #[test]
     fn reverse_names() {

@@ -114,3 +114,65 @@ fn countdown(msg: &mut Message, age: u32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::{Name, Record};
+
+    fn soa(ttl: u32, minimum: u32) -> Record {
+        let n = Name::from_ascii("test.").unwrap();
+        Record::from_rdata(
+            n.clone(),
+            ttl,
+            RData::SOA(SOA::new(n.clone(), n, 1, 1, 1, 1, minimum)),
+        )
+    }
+
+    #[test]
+    fn ttls_positive_negative_and_never() {
+        let mut m = Message::new();
+        let name = Name::from_ascii("a.test.").unwrap();
+        m.add_answer(Record::from_rdata(
+            name.clone(),
+            300,
+            RData::A(A::new(10, 0, 0, 1)),
+        ));
+        m.add_answer(Record::from_rdata(name, 60, RData::A(A::new(10, 0, 0, 2))));
+        assert_eq!(cache_ttl(&m), Some(60));
+        let mut nx = Message::new();
+        nx.set_response_code(ResponseCode::NXDomain);
+        nx.add_name_server(soa(900, 120));
+        assert_eq!(cache_ttl(&nx), Some(120), "min(SOA TTL, SOA minimum)");
+        let mut bare = Message::new();
+        bare.set_response_code(ResponseCode::NXDomain);
+        assert_eq!(cache_ttl(&bare), None, "no SOA: not cached");
+        let mut fail = Message::new();
+        fail.set_response_code(ResponseCode::ServFail);
+        fail.add_name_server(soa(900, 120));
+        assert_eq!(cache_ttl(&fail), None);
+    }
+
+    #[test]
+    fn hits_are_per_network() {
+        let c = Cache::default();
+        let key = |net: &str| CacheKey {
+            network: net.into(),
+            name: "a.test.".into(),
+            qtype: 1,
+            qclass: 1,
+        };
+        let mut m = Message::new();
+        m.add_answer(Record::from_rdata(
+            Name::from_ascii("a.test.").unwrap(),
+            30,
+            RData::A(A::new(10, 0, 0, 1)),
+        ));
+        c.put(key("n1"), &m);
+        assert!(c
+            .get(&key("n1"))
+            .is_some_and(|h| h.answers()[0].ttl() <= 30));
+        assert!(c.get(&key("n2")).is_none());
+    }
+}
