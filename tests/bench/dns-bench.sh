@@ -22,7 +22,9 @@ done
 NS=nldnsbench$$
 WORK=$(mktemp -d /tmp/nldnsbench.XXXXXX)
 UPPID=""
+AAPID=""
 cleanup() {
+    [ -n "$AAPID" ] && kill "$AAPID" 2>/dev/null || true
     [ -f "$WORK/state/dns/server.pid" ] && kill "$(cat "$WORK/state/dns/server.pid")" 2>/dev/null || true
     [ -f "$WORK/aardvark/aardvark.pid" ] && kill "$(cat "$WORK/aardvark/aardvark.pid")" 2>/dev/null || true
     [ -n "$UPPID" ] && kill "$UPPID" 2>/dev/null || true
@@ -36,7 +38,8 @@ ip -n "$NS" link set lo up
 inns() { ip netns exec "$NS" "$@"; }
 
 # The upstream.
-inns "$BIN/netloom-dnsd" test-upstream --listen 127.0.0.2:53 > "$WORK/up.out" 2>/dev/null &
+# `ip netns exec` execs the program, so $! is the upstream's own pid (a shell function would not be).
+ip netns exec "$NS" "$BIN/netloom-dnsd" test-upstream --listen 127.0.0.2:53 > "$WORK/up.out" 2>/dev/null &
 UPPID=$!
 for _ in $(seq 50); do grep -q ready "$WORK/up.out" 2>/dev/null && break; sleep 0.1; done
 
@@ -59,7 +62,8 @@ done
     echo "127.0.1.1 127.0.0.2"
     for i in $(seq 0 $((NAMES - 1))); do echo "ctr$i $(addr "$i")  c$i"; done
 } > "$WORK/aardvark/bench"
-inns "$AARDVARK" --config "$WORK/aardvark" -p 5353 run >/dev/null 2>&1 &
+ip netns exec "$NS" "$AARDVARK" --config "$WORK/aardvark" -p 5353 run >/dev/null 2>&1 &
+AAPID=$!
 for _ in $(seq 50); do inns dig +short +tries=1 +time=1 -b 127.0.1.2 @127.0.1.1 -p 5353 c1 | grep -q . && break; sleep 0.1; done
 
 check() { # server port name → one answer
