@@ -400,6 +400,21 @@ impl Engine {
                 .with_context(|| format!("network {}", net.name))?;
             addresses.push(lease.address);
         }
+        // Subnets without a pool hold addresses leased outside netloom (a CNI IPAM plugin the
+        // front door ran): the requested address is taken as it is, with the subnet's prefix.
+        for a in &req.static_addresses {
+            if let Some(s) = net
+                .subnets
+                .iter()
+                .find(|s| s.pool_id.is_empty() && s.subnet.contains(*a))
+            {
+                let addr = IpNetwork::new(*a, s.subnet.prefix())
+                    .map_err(|e| Error::InvalidConfig(format!("address {a}: {e}")))?;
+                if !addresses.contains(&addr) {
+                    addresses.push(addr);
+                }
+            }
+        }
         for a in &req.static_addresses {
             if !net.subnets.iter().any(|s| s.subnet.contains(*a)) {
                 return Err(Error::InvalidConfig(format!(
@@ -447,7 +462,14 @@ impl Engine {
         let join = match &sandbox {
             Some(sb) => {
                 let mut join = driver.join(&mut op, &net, &endpoint, sb)?;
-                join.routes.extend(req.extra_routes.iter().cloned());
+                // A route the driver already adds (the default route of isDefaultGateway) and
+                // the IPAM configuration also lists is configured once, as the reference
+                // bridge plugin does.
+                for r in &req.extra_routes {
+                    if !join.routes.iter().any(|j| j.destination == r.destination) {
+                        join.routes.push(r.clone());
+                    }
+                }
                 let iface = SandboxInterface {
                     ifname: &req.key.ifname,
                     handoff: &handoff,
@@ -638,10 +660,12 @@ impl Engine {
 }
 
 /// The network's pools in subnet order, each once (a pool may span several subnets).
+/// The IPAM pools of a network's subnets; a subnet with an empty pool id is leased outside
+/// netloom and has none.
 fn pool_ids(net: &Network) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for s in &net.subnets {
-        if !out.contains(&s.pool_id) {
+        if !s.pool_id.is_empty() && !out.contains(&s.pool_id) {
             out.push(s.pool_id.clone());
         }
     }
@@ -649,7 +673,8 @@ fn pool_ids(net: &Network) -> Vec<String> {
 }
 
 fn shares_pool(a: &crate::model::SubnetConfig, b: &crate::model::SubnetConfig) -> bool {
-    a.pool_id == b.pool_id
+    // Two subnets leased outside netloom share nothing we know of.
+    !a.pool_id.is_empty() && a.pool_id == b.pool_id
 }
 
 fn join_addrs(a: &[IpNetwork]) -> String {

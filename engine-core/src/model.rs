@@ -100,7 +100,8 @@ pub struct SubnetConfig {
     /// The gateway address (on the bridge, for bridge networks), if the network has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<IpAddr>,
-    /// The IPAM pool the subnet's addresses are leased from.
+    /// The IPAM pool the subnet's addresses are leased from; empty when they are leased
+    /// outside netloom (a delegated CNI IPAM plugin) and arrive as static addresses.
     pub pool_id: String,
 }
 

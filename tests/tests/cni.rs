@@ -60,6 +60,11 @@ fn main() {
         "cni::netloom_ipam_under_reference_bridge",
         &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::RefCni],
         ipam_under_reference_bridge,
+    )
+    .test(
+        "cni::delegated_ipam_reference_static_plugin",
+        &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::RefCni],
+        delegated_ipam_static,
     );
     run_main(s)
 }
@@ -710,6 +715,86 @@ fn ipam_under_reference_bridge() -> Result<(), String> {
         count_values(&host.state_dir().join("data/ipam/leases")) == 0,
         "lease not released by DEL",
     )
+}
+
+/// netloom-bridge under another IPAM plugin (the reference `static`, from CNI_PATH): that
+/// plugin leases, netloom wires what it answered; CHECK, DEL and a missing plugin.
+fn delegated_ipam_static() -> Result<(), String> {
+    let ipam = |host_part: u32, net: &ipnetwork::Ipv4Network| {
+        let base = u32::from(net.network());
+        json!({"ipam": {
+            "type": "static",
+            "addresses": [{
+                "address": format!("{}/{}", std::net::Ipv4Addr::from(base + host_part), net.prefix()),
+                "gateway": std::net::Ipv4Addr::from(base + 1).to_string()
+            }],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {"nameservers": [std::net::Ipv4Addr::from(base + 1).to_string()]}
+        }})
+    };
+    let mut net = Net::new("dlg", "1.0.0", json!({}))?;
+    let subnet = net.subnet;
+    let base = u32::from(subnet.network());
+    let addr = |h: u32| std::net::Ipv4Addr::from(base + h).to_string();
+    let (a, b) = (net.host.container("a")?, net.host.container("b")?);
+    merge(&mut net.conf, ipam(10, &subnet));
+    let ra = net.call("ADD", "dla", Some(&a), "eth0")?.ok()?;
+    ensure(
+        ra["ips"][0]["address"] == format!("{}/{}", addr(10), subnet.prefix())
+            && ra["ips"][0]["gateway"] == addr(1),
+        format!("ADD did not report the static plugin's address: {ra}"),
+    )?;
+    ensure(
+        ra["dns"]["nameservers"][0] == addr(1),
+        format!("the IPAM plugin's DNS is not in the result: {ra}"),
+    )?;
+    ensure(
+        addrs_in(&a, "eth0")?.contains(&format!("{}/", addr(10))),
+        "eth0 does not carry the static address",
+    )?;
+    let routes = run_in_path(&a, &["ip", "route"])?;
+    let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+    ensure(
+        routes.contains(&format!("default via {}", addr(1))),
+        format!("no default route via the gateway: {routes}"),
+    )?;
+    let bridge_addrs = net
+        .host
+        .sh(&["ip", "-o", "addr", "show", "dev", &net.bridge])?;
+    ensure(
+        String::from_utf8_lossy(&bridge_addrs.stdout).contains(&format!("{}/", addr(1))),
+        "the bridge has no gateway address",
+    )?;
+    let conf_a = net.conf.clone();
+    merge(&mut net.conf, ipam(11, &subnet));
+    net.call("ADD", "dlb", Some(&b), "eth0")?.ok()?;
+    ping(&a, &addr(11))?;
+    ping(&b, &addr(10))?;
+    ensure(net.leases() == 0, "netloom leased addresses itself")?;
+    // CHECK runs the plugin's CHECK too (static verifies the address in the container).
+    let conf_b = std::mem::replace(&mut net.conf, conf_a.clone());
+    let mut ca = conf_a.clone();
+    merge(&mut ca, json!({"prevResult": ra}));
+    net.conf = ca;
+    net.call("CHECK", "dla", Some(&a), "eth0")?.ok()?;
+    net.conf = conf_a;
+    // A plugin that is not in CNI_PATH: a clear error, nothing made.
+    let saved = net.conf.clone();
+    merge(&mut net.conf, json!({"ipam": {"type": "no-such-ipam"}}));
+    let c = net.host.container("c")?;
+    let err = net.call("ADD", "dlc", Some(&c), "eth0")?.err_code(4)?;
+    ensure(
+        err.contains("no-such-ipam") && err.contains("CNI_PATH"),
+        format!("missing IPAM plugin error: {err}"),
+    )?;
+    net.conf = saved;
+    net.call("DEL", "dla", Some(&a), "eth0")?.ok()?;
+    net.conf = conf_b;
+    net.call("DEL", "dlb", Some(&b), "eth0")?.ok()?;
+    ensure(net.ports()? == 0, "veths left on the bridge")?;
+    ensure(net.graveyard()?.is_empty(), "links left for the reaper")?;
+    let left = count_values(&net.host.state_dir().join("data/endpoints"));
+    ensure(left == 0, format!("{left} endpoint records left"))
 }
 
 /// Connects to `addr` from inside `netns` and reads what the server says.

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 
 use engine_core::engine::{AttachRequest, SandboxSetup};
 use engine_core::ipam::Ipam;
-use engine_core::model::{NetworkSpec, Sandbox};
+use engine_core::model::{NetworkSpec, RouteSpec, Sandbox, SubnetConfig};
 use engine_core::{AttachmentKey, Options};
 use serde::Deserialize;
 
 use crate::error::CniError;
 use crate::plugins::context::{state_dir, Context};
-use crate::plugins::hostlocal::{is_builtin, IpamConf};
+use crate::plugins::delegate::Delegate;
+use crate::plugins::hostlocal::{first_host, is_builtin, IpamConf};
 use crate::plugins::mirror::Mirror;
 use crate::result::CniResult;
 use crate::skel::{GcRequest, Plugin, Request, StatusRequest};
@@ -43,9 +44,17 @@ pub struct BridgePlugin;
 /// The reference plugin's default bridge name.
 pub const DEFAULT_BRIDGE: &str = "cni0";
 
+/// Where a network's addresses come from.
+enum IpamSource {
+    /// `netloom-ipam` / `host-local` keys: leased in netloom's own store.
+    Netloom(IpamConf),
+    /// Any other type: that IPAM plugin, run from `CNI_PATH` (see [`super::delegate`]).
+    Delegated(String),
+}
+
 struct Parsed {
     conf: BridgeConf,
-    ipam: IpamConf,
+    ipam: IpamSource,
 }
 
 fn parse(config: &crate::config::NetConf) -> Result<Parsed, CniError> {
@@ -62,25 +71,38 @@ fn parse(config: &crate::config::NetConf) -> Result<Parsed, CniError> {
     }
     let ipam_obj = config.ipam.as_ref().ok_or_else(|| {
         CniError::invalid_config(
-            "netloom-bridge needs an \"ipam\" section (type netloom-ipam or host-local)",
+            "netloom-bridge needs an \"ipam\" section (netloom-ipam, host-local or another IPAM plugin)",
         )
     })?;
-    let ipam = IpamConf::parse(ipam_obj)?;
-    if !is_builtin(&ipam.ipam_type) {
-        return Err(CniError::unsupported_field(format!(
-            "ipam type {:?}: netloom-bridge runs netloom-ipam and host-local configurations itself; other IPAM plugins are not supported yet",
-            ipam.ipam_type
-        )));
-    }
+    let ipam_type = ipam_obj
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or_default();
+    let ipam = if is_builtin(ipam_type) {
+        IpamSource::Netloom(IpamConf::parse(ipam_obj)?)
+    } else if ipam_type.is_empty() {
+        return Err(CniError::invalid_config(
+            "ipam.type is missing: name an IPAM plugin (netloom-ipam, host-local, static, dhcp…)",
+        ));
+    } else {
+        IpamSource::Delegated(ipam_type.to_string())
+    };
     Ok(Parsed { conf, ipam })
 }
 
 impl Parsed {
-    fn context(&self) -> Result<Context, CniError> {
-        Context::open(state_dir(self.conf.state_dir.clone(), Some(&self.ipam)))
+    fn own_ipam(&self) -> Option<&IpamConf> {
+        match &self.ipam {
+            IpamSource::Netloom(i) => Some(i),
+            IpamSource::Delegated(_) => None,
+        }
     }
 
-    fn network_spec(&self, name: &str, pools: &[String]) -> NetworkSpec {
+    fn context(&self) -> Result<Context, CniError> {
+        Context::open(state_dir(self.conf.state_dir.clone(), self.own_ipam()))
+    }
+
+    fn network_spec(&self, name: &str, subnets: Vec<SubnetConfig>) -> NetworkSpec {
         let c = &self.conf;
         let is_gateway = c.is_gateway || c.is_default_gateway;
         let mut options = Options::new();
@@ -101,7 +123,6 @@ impl Parsed {
         // Pod subnets are routed between nodes: unlike Docker, do not limit inbound traffic to
         // published ports.
         options.insert("open_inbound".into(), "true".into());
-        let subnets = self.ipam.subnets(pools);
         NetworkSpec {
             name: name.to_string(),
             driver: "bridge".into(),
@@ -155,13 +176,19 @@ impl Plugin for BridgePlugin {
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let p = parse(&req.config)?;
+        let ipam = match &p.ipam {
+            IpamSource::Netloom(i) => i,
+            IpamSource::Delegated(t) => return add_delegated(req, &p, t),
+        };
         let netns = req.netns()?.to_path_buf();
         let ctx = p.context()?;
         let name = &req.config.name;
-        let pools = ctx.ensure_pools(name, &p.ipam)?;
-        let net = ctx
-            .engine
-            .ensure_network(name, &p.network_spec(name, &pools), ctx.overlap())?;
+        let pools = ctx.ensure_pools(name, ipam)?;
+        let net = ctx.engine.ensure_network(
+            name,
+            &p.network_spec(name, ipam.subnets(&pools)),
+            ctx.overlap(),
+        )?;
         let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway).collect();
         let attach = AttachRequest {
             network_id: net.id.clone(),
@@ -172,13 +199,13 @@ impl Plugin for BridgePlugin {
             static_addresses: requested_ips(req)?,
             mac: requested_mac(req),
             ports: Vec::new(),
-            extra_routes: p.ipam.sandbox_routes(&gateways),
+            extra_routes: ipam.sandbox_routes(&gateways),
             options: Options::new(),
         };
         let a = ctx.engine.attach(&attach)?;
         let ips: Vec<IpAddr> = a.endpoint.addresses.iter().map(|n| n.ip()).collect();
-        Mirror::new(p.ipam.data_dir.as_deref(), name).add(&req.key, &ips);
-        super::attachment_result(&a, req, &netns, &p.ipam)
+        Mirror::new(ipam.data_dir.as_deref(), name).add(&req.key, &ips);
+        super::attachment_result(&a, req, &netns, ipam)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
@@ -189,15 +216,22 @@ impl Plugin for BridgePlugin {
         });
         ctx.engine
             .detach(&req.config.name, &req.key, sandbox.as_ref())?;
+        let ipam = match &p.ipam {
+            IpamSource::Netloom(i) => i,
+            // The plugin that leased the addresses releases them.
+            IpamSource::Delegated(t) => {
+                return Delegate::find(t, &req.cni_path)?.call("DEL", &req.stdin);
+            }
+        };
         // A failed ADD may have leased addresses before the network record existed.
-        for (i, _) in p.ipam.range_sets.iter().enumerate() {
+        for (i, _) in ipam.range_sets.iter().enumerate() {
             let owner = req.key.owner();
             ctx.ipam.release_address(
                 &IpamConf::pool_id(&req.config.name, i),
                 &engine_core::ipam::Release::Owner(owner),
             )?;
         }
-        Mirror::new(p.ipam.data_dir.as_deref(), &req.config.name).remove_owner(&req.key);
+        Mirror::new(ipam.data_dir.as_deref(), &req.config.name).remove_owner(&req.key);
         Ok(())
     }
 
@@ -206,6 +240,9 @@ impl Plugin for BridgePlugin {
         let ctx = p.context()?;
         let drift = ctx.engine.check(&req.config.name, &req.key)?;
         if drift.is_empty() {
+            if let IpamSource::Delegated(t) = &p.ipam {
+                Delegate::find(t, &req.cni_path)?.call("CHECK", &req.stdin)?;
+            }
             return Ok(());
         }
         let list: Vec<String> = drift.iter().map(|d| d.to_string()).collect();
@@ -223,6 +260,9 @@ impl Plugin for BridgePlugin {
         ctx.store
             .list(&engine_core::Key::new(["networks"]))
             .map_err(|e| CniError::status_from(&e, false))?;
+        if let IpamSource::Delegated(t) = &p.ipam {
+            Delegate::find(t, &req.cni_path)?.call("STATUS", &req.stdin)?;
+        }
         Ok(())
     }
 
@@ -244,18 +284,112 @@ impl Plugin for BridgePlugin {
                 .unwrap_or_default(),
         );
         let errors = ctx.engine.gc(&req.config.name, &live)?;
+        let ipam = match &p.ipam {
+            IpamSource::Netloom(i) => i,
+            IpamSource::Delegated(t) => {
+                // The IPAM plugin collects its own leases from the same valid list.
+                Delegate::find(t, &req.cni_path)?.call("GC", &req.stdin)?;
+                return match errors.into_iter().next() {
+                    Some(e) => Err(e.into()),
+                    None => Ok(()),
+                };
+            }
+        };
         let mut leased = Vec::new();
-        for i in 0..p.ipam.range_sets.len() {
+        for i in 0..ipam.range_sets.len() {
             match ctx.ipam.leases(&IpamConf::pool_id(&req.config.name, i)) {
                 Ok(l) => leased.extend(l.iter().map(|l| l.address.ip())),
                 Err(e) if e.kind() == engine_core::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        Mirror::new(p.ipam.data_dir.as_deref(), &req.config.name).retain(&leased);
+        Mirror::new(ipam.data_dir.as_deref(), &req.config.name).retain(&leased);
         if let Some(e) = errors.into_iter().next() {
             return Err(e.into());
         }
         Ok(())
     }
+}
+
+/// ADD with a delegated IPAM plugin: it leases, netloom wires what it answered. If wiring
+/// fails the plugin is told to release again, so nothing stays leased for a container that has
+/// no interface.
+fn add_delegated(req: &Request, p: &Parsed, ipam_type: &str) -> Result<CniResult, CniError> {
+    let netns = req.netns()?.to_path_buf();
+    let ctx = p.context()?;
+    let delegate = Delegate::find(ipam_type, &req.cni_path)?;
+    let leased = delegate.add(&req.stdin, req.version)?;
+    let wired = wire_delegated(req, p, &ctx, &netns, &leased);
+    if wired.is_err() {
+        if let Err(e) = delegate.call("DEL", &req.stdin) {
+            tracing::warn!(error = %e.msg, "releasing the delegated lease after a failed ADD");
+        }
+    }
+    wired
+}
+
+fn wire_delegated(
+    req: &Request,
+    p: &Parsed,
+    ctx: &Context,
+    netns: &std::path::Path,
+    leased: &CniResult,
+) -> Result<CniResult, CniError> {
+    let name = &req.config.name;
+    // The network's subnets are those the plugin has handed out so far (a `static` plugin may
+    // give each container its own); they only grow, so earlier containers keep their gateway.
+    let mut subnets: Vec<SubnetConfig> = ctx
+        .engine
+        .get_network(name)?
+        .map(|n| n.subnets)
+        .unwrap_or_default();
+    let is_gateway = p.conf.is_gateway || p.conf.is_default_gateway;
+    for ip in &leased.ips {
+        let subnet = ipnetwork::IpNetwork::new(ip.address.network(), ip.address.prefix())
+            .map_err(|e| CniError::invalid_config(format!("address {}: {e}", ip.address)))?;
+        // Without a gateway from the plugin, the bridge takes the subnet's first address, as
+        // the reference plugin computes it.
+        let gateway = ip
+            .gateway
+            .or_else(|| is_gateway.then(|| first_host(subnet)).flatten());
+        match subnets.iter_mut().find(|s| s.subnet == subnet) {
+            Some(s) => s.gateway = s.gateway.or(gateway),
+            None => subnets.push(SubnetConfig {
+                subnet,
+                gateway,
+                pool_id: String::new(),
+            }),
+        }
+    }
+    let net = ctx
+        .engine
+        .ensure_network(name, &p.network_spec(name, subnets), ctx.overlap())?;
+    let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway).collect();
+    let routes = leased
+        .routes
+        .iter()
+        .map(|r| RouteSpec {
+            destination: r.dst,
+            gateway: r.gw.or_else(|| {
+                gateways
+                    .iter()
+                    .copied()
+                    .find(|g| g.is_ipv4() == r.dst.is_ipv4())
+            }),
+        })
+        .collect();
+    let attach = AttachRequest {
+        network_id: net.id.clone(),
+        key: req.key.clone(),
+        sandbox: SandboxSetup::Configure(Sandbox {
+            netns_path: netns.to_path_buf(),
+        }),
+        static_addresses: leased.ips.iter().map(|i| i.address.ip()).collect(),
+        mac: requested_mac(req),
+        ports: Vec::new(),
+        extra_routes: routes,
+        options: Options::new(),
+    };
+    let a = ctx.engine.attach(&attach)?;
+    super::delegated_attachment_result(&a, req, netns, leased.dns.clone())
 }

@@ -90,7 +90,8 @@ fn parse_subnet(s: &str, at: &str) -> Result<IpNetwork, CniError> {
         .map_err(|_| CniError::invalid_config(format!("{at}: subnet {s:?} is not valid")))
 }
 
-fn first_host(subnet: IpNetwork) -> Option<IpAddr> {
+/// The first host address of a subnet (none for /31, /32, /127, /128).
+pub(crate) fn first_host(subnet: IpNetwork) -> Option<IpAddr> {
     match subnet {
         IpNetwork::V4(n) => {
             let base = u32::from(n.network());
@@ -104,6 +105,17 @@ fn first_host(subnet: IpNetwork) -> Option<IpAddr> {
 }
 
 impl IpamConf {
+    /// No ranges, routes or resolver file: for results built around a delegated plugin's.
+    pub fn none() -> Self {
+        IpamConf {
+            ipam_type: String::new(),
+            range_sets: Vec::new(),
+            routes: Vec::new(),
+            data_dir: None,
+            resolv_conf: None,
+        }
+    }
+
     /// Reads the `ipam` object of a plugin configuration.
     pub fn parse(ipam: &Map<String, Value>) -> Result<Self, CniError> {
         let raw: RawIpam = serde_json::from_value(Value::Object(ipam.clone()))
