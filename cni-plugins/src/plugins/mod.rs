@@ -2,6 +2,7 @@
 
 pub mod bridge;
 pub mod context;
+pub mod delegate;
 pub mod dns;
 pub mod hostlocal;
 pub mod ipam;
@@ -68,5 +69,21 @@ pub fn attachment_result(
         Some(d) if !d.is_empty() => d,
         _ => ipam.dns()?,
     };
+    Ok(result)
+}
+
+/// [`attachment_result`] for addresses a delegated IPAM plugin handed out: its DNS settings
+/// (unless the configuration has its own) instead of a resolvConf file.
+pub fn delegated_attachment_result(
+    a: &engine_core::engine::Attachment,
+    req: &crate::skel::Request,
+    netns: &std::path::Path,
+    ipam_dns: crate::result::Dns,
+) -> Result<crate::result::CniResult, crate::error::CniError> {
+    let none = hostlocal::IpamConf::none();
+    let mut result = attachment_result(a, req, netns, &none)?;
+    if result.dns.is_empty() {
+        result.dns = ipam_dns;
+    }
     Ok(result)
 }
