@@ -390,6 +390,11 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
+    /// The dockerd process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn start(host: &FakeHost, root: &Path) -> Result<Dockerd, String> {
         std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
         let mut d = Dockerd {
