@@ -278,10 +278,13 @@ fn vm_rss(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Requests answered and seconds spent, of one plugin method.
+type MethodTime = (u64, f64);
+
 /// (count, seconds) per plugin method from netloomd's /metrics.
-fn plugin_times(env: &DockerEnv) -> Result<Vec<(String, (u64, f64))>, String> {
+fn plugin_times(env: &DockerEnv) -> Result<Vec<(String, MethodTime)>, String> {
     let (_, text) = env.netloomd.admin_get("/metrics")?;
-    let mut out: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
+    let mut out: std::collections::BTreeMap<String, MethodTime> = Default::default();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("netloom_plugin_request_duration_seconds_") else {
             continue;
