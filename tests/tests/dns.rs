@@ -514,6 +514,14 @@ fn names_aliases() -> Result<(), String> {
     }
     dig_in(&b.netns, &gw6, &["web", "AAAA"])?.expect("NOERROR", &[&a6])?;
     dig_in(&b.netns, &gw6, &["+tcp", "web"])?.expect("NOERROR", &[&a.v4])?;
+    // No K8S_POD_NAME and an id too long for a DNS label: the short id is the name.
+    let anon_id = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    let c = lab.add(n, anon_id, "", &[])?;
+    lab.dig(&b, &["fedcba987654"])?
+        .expect("NOERROR", &[&c.v4])?;
+    lab.dig(&b, &["-x", &c.v4])?
+        .expect("NOERROR", &["fedcba987654.dns.netloom."])?;
+    lab.del(&c)?;
     // The name exists without MX: NODATA, not NXDOMAIN.
     lab.dig(&b, &["web", "MX"])?.expect("NOERROR", &[])?;
     lab.dig(&b, &["nosuchname"])?.expect("NXDOMAIN", &[])?;

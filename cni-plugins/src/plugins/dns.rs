@@ -103,7 +103,9 @@ fn container_ips(prev: &CniResult) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Name, aliases and short id, lower case, without repeats.
+/// Name, aliases and short id, lower case, without repeats. The primary name (first; PTR
+/// answers use it) is `K8S_POD_NAME`, else the container id, else — for ids that are no DNS
+/// name, such as 64-character hex ids — the short id.
 fn names_for(req: &Request) -> Result<Vec<String>, CniError> {
     let mut names: Vec<String> = Vec::new();
     let mut push = |n: String| {
@@ -112,25 +114,28 @@ fn names_for(req: &Request) -> Result<Vec<String>, CniError> {
         }
     };
     let cid = &req.key.container_id;
+    // Docker's 12-character short id; ids whose start is no DNS label simply have none.
+    let short = (cid.len() > 12)
+        .then(|| cid.get(..12))
+        .flatten()
+        .and_then(|s| dns::registry::normalize_name(s).ok());
     match req.args.get("K8S_POD_NAME").filter(|n| !n.is_empty()) {
         Some(n) => push(dns::registry::normalize_name(n).map_err(dns_err)?),
-        None => push(dns::registry::normalize_name(cid).map_err(|_| {
-            CniError::invalid_config(format!(
-                "container id {cid:?} is not a DNS name and no K8S_POD_NAME was given"
-            ))
-        })?),
+        None => match (dns::registry::normalize_name(cid), &short) {
+            (Ok(n), _) => push(n),
+            (Err(_), Some(s)) => push(s.clone()),
+            (Err(_), None) => {
+                return Err(CniError::invalid_config(format!(
+                    "container id {cid:?} is not a DNS name and no K8S_POD_NAME was given"
+                )))
+            }
+        },
     }
     for alias in &req.config.runtime_config.aliases {
         push(dns::registry::normalize_name(alias).map_err(dns_err)?);
     }
-    // Docker's 12-character short id; ids that are no DNS label simply have none.
-    if cid.len() > 12 {
-        if let Some(short) = cid
-            .get(..12)
-            .and_then(|s| dns::registry::normalize_name(s).ok())
-        {
-            push(short);
-        }
+    if let Some(s) = short {
+        push(s);
     }
     Ok(names)
 }
