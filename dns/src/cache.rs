@@ -88,14 +88,6 @@ impl Cache {
             },
         );
     }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn countdown(msg: &mut Message, age: u32) {
