@@ -43,7 +43,7 @@ fn main() {
         etcd_outage,
     )
     .test(
-        "overlay::mtu_follows_the_underlay_and_the_option",
+        "overlay::mtu_follows_the_underlay_and_the_option_and_tx_checksum",
         CAPS,
         mtu_follows_underlay,
     )
@@ -339,6 +339,31 @@ fn mtu_follows_underlay() -> Result<(), String> {
     let (d, _) = add(&mut lab.hosts[0], &c2, "d")?;
     if container_mtu(&d)? != 1300 {
         return Err("mtu option ignored".into());
+    }
+    // Transmit checksum offload on the VXLAN device, read back with the same ioctl ethtool
+    // uses: this kernel (≥ 5.7) keeps it with `auto`; `off` turns it off.
+    let host_ns = lab.hosts[0].fh.netns();
+    let on = engine_core::netlink::ethtool::tx_checksum(Some(host_ns), &vxlan_dev(&net))
+        .map_err(|e| e.to_string())?;
+    if engine_core::netlink::ethtool::needs_tx_checksum_workaround() == on {
+        return Err(format!(
+            "tx checksum offload {on} with txChecksumOffload auto"
+        ));
+    }
+    let net3 = names::unique("ovc");
+    let c3 = conf(
+        &lab,
+        &lab.hosts[0],
+        &net3,
+        &overlay_subnet(),
+        json!({"txChecksumOffload": "off"}),
+    );
+    add(&mut lab.hosts[0], &c3, "e")?;
+    let host_ns = lab.hosts[0].fh.netns();
+    if engine_core::netlink::ethtool::tx_checksum(Some(host_ns), &vxlan_dev(&net3))
+        .map_err(|e| e.to_string())?
+    {
+        return Err("txChecksumOffload off left tx checksum offload on".into());
     }
     Ok(())
 }
