@@ -250,6 +250,43 @@ mod tests {
     }
 
     #[test]
+    fn overlay_settings() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            store = "etcd://10.0.0.1:2379"
+            advertise-addr = "10.0.0.11"
+            host-ttl = 5
+            "#,
+        )
+        .unwrap();
+        let cli = Cli {
+            vxlan_port: Some(8472),
+            ..Default::default()
+        };
+        let s = Settings::merge(&cli, &file).unwrap();
+        assert_eq!(s.store.as_deref(), Some("etcd://10.0.0.1:2379"));
+        assert_eq!(s.advertise_addr, Some("10.0.0.11".parse().unwrap()));
+        assert_eq!(s.vxlan_port, 8472);
+        assert_eq!(s.host_ttl, std::time::Duration::from_secs(5));
+        let d = Settings::merge(&Cli::default(), &FileConfig::default()).unwrap();
+        assert_eq!(d.store, None);
+        assert_eq!(d.vxlan_port, 4789);
+        assert_eq!(d.host_ttl, std::time::Duration::from_secs(10));
+        for bad in [
+            Cli {
+                vxlan_port: Some(0),
+                ..Default::default()
+            },
+            Cli {
+                host_ttl: Some(0),
+                ..Default::default()
+            },
+        ] {
+            assert!(Settings::merge(&bad, &FileConfig::default()).is_err());
+        }
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         assert!(toml::from_str::<FileConfig>("statedir = \"/x\"").is_err());
         let cli = Cli {
