@@ -294,12 +294,17 @@ pub fn run(opts: Options) -> Result<()> {
 
 async fn serve(opts: Options) -> Result<()> {
     let reg = Registry::open(&opts.state_dir)?;
-    let _alive = reg.store().try_lock(ALIVE_LOCK)?.ok_or_else(|| {
-        Error::Server(format!(
-            "another netloom-dnsd already serves {}",
-            opts.state_dir.display()
-        ))
-    })?;
+    // A server that is just exiting still holds this for a moment: wait a little for it.
+    let store = reg.store().clone();
+    let alive = tokio::task::spawn_blocking(move || store.lock(ALIVE_LOCK, Duration::from_secs(5)))
+        .await
+        .map_err(|e| Error::Server(e.to_string()))?
+        .map_err(|_| {
+            Error::Server(format!(
+                "another netloom-dnsd already serves {}",
+                opts.state_dir.display()
+            ))
+        })?;
     let dir = reg.runtime_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
@@ -332,7 +337,7 @@ async fn serve(opts: Options) -> Result<()> {
         .map_err(|e| Error::io("SIGTERM handler", e))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| Error::io("SIGINT handler", e))?;
-    let _exit_lock = loop {
+    let exit_lock = loop {
         let idle = server.idle_since.lock().ok().and_then(|g| *g);
         let wake = match idle {
             Some(t) => tokio::time::Instant::from_std(t + opts.grace),
@@ -357,6 +362,9 @@ async fn serve(opts: Options) -> Result<()> {
     };
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(reg.pid_file());
+    // Alive first: a plugin waiting for the start lock must find this server gone.
+    drop(alive);
+    drop(exit_lock);
     Ok(())
 }
 
