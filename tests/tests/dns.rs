@@ -487,7 +487,8 @@ fn names_aliases() -> Result<(), String> {
     lab.dig(&b, &["-x", &a6])?
         .expect("NOERROR", &["web.dns.netloom."])?;
     // Over IPv6 too: the v6 gateway is the second nameserver of the result. The container's
-    // address may still be in DAD (tentative addresses cannot send): wait for it, then one try.
+    // address and the bridge's gateway address may still be in DAD (a tentative address
+    // neither sends nor receives): wait for both, then one try.
     let gw6 = a.dns_result["dns"]["nameservers"]
         .as_array()
         .and_then(|l| {
@@ -503,12 +504,21 @@ fn names_aliases() -> Result<(), String> {
             &b.netns,
             &["ip", "-6", "addr", "show", "dev", "eth0", "tentative"],
         )?;
-        if out.stdout.is_empty() {
+        let gw = lab.host.sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "show",
+            "dev",
+            &lab.nets[n].bridge,
+            "tentative",
+        ])?;
+        if out.stdout.is_empty() && gw.stdout.is_empty() {
             break;
         }
         ensure(
             Instant::now() < deadline,
-            "IPv6 address still tentative after 10 s",
+            "IPv6 addresses still tentative after 10 s",
         )?;
         std::thread::sleep(Duration::from_millis(100));
     }
