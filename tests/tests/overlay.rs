@@ -52,7 +52,12 @@ fn main() {
         CAPS,
         concurrent_creates,
     )
-    .test("overlay::ipv6_underlay", CAPS, ipv6_underlay);
+    .test("overlay::ipv6_underlay", CAPS, ipv6_underlay)
+    .test(
+        "overlay::published_port_on_the_containers_host",
+        CAPS,
+        published_port,
+    );
     run_main(s);
 }
 
@@ -578,5 +583,99 @@ fn ipv6_underlay() -> Result<(), String> {
         .to_string();
     ping_until(&x.netns, &y.ip, Duration::from_secs(10))?;
     ping_until(&x.netns, &y6, Duration::from_secs(10)).map_err(|e| format!("IPv6 overlay: {e}"))?;
+    Ok(())
+}
+
+/// A TCP server in `netns` answering every connection with `greeting`, until the test ends.
+fn serve(netns: &std::path::Path, port: u16, greeting: &'static str) -> Result<(), String> {
+    use std::io::Write;
+    let ns = engine_core::netns::Netns::open(netns).map_err(|e| e.to_string())?;
+    // The socket stays in the namespace it was made in after the thread leaves it.
+    let listener = ns
+        .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("bind {port}: {e}"))?;
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let _ = c.write_all(greeting.as_bytes());
+        }
+    });
+    Ok(())
+}
+
+/// Connects from `netns` to `addr` and reads until the server closes.
+fn fetch(netns: &std::path::Path, addr: &str) -> Result<String, String> {
+    use std::io::Read;
+    let ns = engine_core::netns::Netns::open(netns).map_err(|e| e.to_string())?;
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    ns.run(move || -> Result<String, String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        Ok(out)
+    })
+    .map_err(|e| e.to_string())?
+}
+
+fn published_port() -> Result<(), String> {
+    let mut lab = Lab::new(2, V4)?;
+    let net = names::unique("ovp");
+    let subnet = overlay_subnet();
+    let c0 = conf(&lab, &lab.hosts[0], &net, &subnet, json!({}));
+    let (a, _) = add(&mut lab.hosts[0], &c0, "a")?;
+    // CHECK finds bridge, VXLAN device, veth and the container's interface as they should be.
+    run(
+        &lab.hosts[0].fh,
+        &our_bin("netloom-vxlan")?,
+        &call("CHECK", "a", Some(&a.netns)),
+        &c0,
+    )?
+    .ok()?;
+    // The ADD result again, as prevResult for the chained portmap (a repeated ADD is refused).
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": a.netns.to_string_lossy()}],
+        "ips": [{"address": format!("{}/24", a.ip), "interface": 0}]
+    });
+    let pm = json!({"cniVersion": "1.0.0", "name": net, "type": "netloom-portmap",
+        "capabilities": {"portMappings": true},
+        "stateDir": lab.hosts[0].fh.state_dir().join("state"),
+        "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]},
+        "prevResult": prev});
+    run(
+        &lab.hosts[0].fh,
+        &our_bin("netloom-portmap")?,
+        &call("ADD", "a", Some(&a.netns)),
+        &pm,
+    )?
+    .ok()?;
+    serve(&a.netns, 8080, "hello from the overlay")?;
+    // From outside (the lab) to the container's host's underlay address.
+    let got = fetch(
+        lab.lab.netns().path(),
+        &format!("{}:18080", lab.hosts[0].vtep),
+    )?;
+    if got != "hello from the overlay" {
+        return Err(format!("published port answered {got:?}"));
+    }
+    run(
+        &lab.hosts[0].fh,
+        &our_bin("netloom-portmap")?,
+        &call("DEL", "a", Some(&a.netns)),
+        &pm,
+    )?
+    .ok()?;
+    if fetch(
+        lab.lab.netns().path(),
+        &format!("{}:18080", lab.hosts[0].vtep),
+    )
+    .is_ok()
+    {
+        return Err("the port stayed published after portmap DEL".into());
+    }
     Ok(())
 }
