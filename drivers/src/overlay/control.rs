@@ -330,6 +330,88 @@ pub fn mac_for(ip: IpAddr) -> MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine_core::store::file::FileStore;
+    use std::sync::Arc;
+
+    fn store(tag: &str) -> (Arc<dyn StateStore>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "netloom-overlay-control-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        (Arc::new(FileStore::open(&dir).unwrap()), dir)
+    }
+
+    fn req(name: &str, vni: Option<u32>) -> OverlayRequest {
+        OverlayRequest {
+            name: name.into(),
+            subnets: vec!["10.9.0.0/24".parse().unwrap()],
+            vni,
+            port: 4789,
+        }
+    }
+
+    #[test]
+    fn vnis_are_claimed_once_and_taken_ones_skipped() {
+        let (s, dir) = store("vni");
+        // Someone holds the VNI this name would start at: the next one is taken instead.
+        let start =
+            AUTO_VNI_BASE + (names::hash("web") % u64::from(MAX_VNI - AUTO_VNI_BASE + 1)) as u32;
+        s.put(&vni_key(start), b"other", Expect::Absent).unwrap();
+        let web = ensure_overlay(s.as_ref(), &req("web", None)).unwrap();
+        assert_ne!(web.vni, start);
+        assert_eq!(ensure_overlay(s.as_ref(), &req("web", None)).unwrap(), web);
+        // A pinned VNI held by another overlay names the holder.
+        let e = ensure_overlay(s.as_ref(), &req("db", Some(start))).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("VNI {start} is taken by overlay other")),
+            "{e}"
+        );
+        // Other settings for an existing overlay are a conflict.
+        let mut other = req("web", None);
+        other.subnets = vec!["10.8.0.0/24".parse().unwrap()];
+        assert_eq!(
+            ensure_overlay(s.as_ref(), &other).unwrap_err().kind(),
+            engine_core::ErrorKind::Conflict
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn parallel_creates_agree() {
+        let (s, dir) = store("par");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    // Half create "a", half create their own overlay.
+                    let name = if i % 2 == 0 {
+                        "a".to_string()
+                    } else {
+                        format!("b{i}")
+                    };
+                    ensure_overlay(s.as_ref(), &req(&name, None)).unwrap()
+                })
+            })
+            .collect();
+        let recs: Vec<OverlayRecord> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let a: Vec<&OverlayRecord> = recs.iter().filter(|r| r.name == "a").collect();
+        assert!(a.iter().all(|r| *r == a[0]));
+        let mut vnis: Vec<u32> = recs
+            .iter()
+            .filter(|r| r.name != "a")
+            .map(|r| r.vni)
+            .collect();
+        vnis.push(a[0].vni);
+        let n = vnis.len();
+        vnis.sort();
+        vnis.dedup();
+        assert_eq!(vnis.len(), n, "VNIs collide");
+        // Exactly one claim per overlay is left.
+        assert_eq!(s.list(&Key::new(["overlay", "vni"])).unwrap().len(), n);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn keys_classify() {
