@@ -62,6 +62,11 @@ fn main() {
         ipam_under_reference_bridge,
     )
     .test(
+        "cni::bridge_mac_stays_when_ports_leave",
+        NET,
+        bridge_mac_stays,
+    )
+    .test(
         "cni::delegated_ipam_reference_static_plugin",
         &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::RefCni],
         delegated_ipam_static,
@@ -715,6 +720,42 @@ fn ipam_under_reference_bridge() -> Result<(), String> {
         count_values(&host.state_dir().join("data/ipam/leases")) == 0,
         "lease not released by DEL",
     )
+}
+
+/// The gateway's MAC must not follow the bridge's ports: the kernel would otherwise give the
+/// bridge the lowest port MAC and change it when that container leaves, cutting the others off
+/// their gateway until their ARP entries expire.
+fn bridge_mac_stays() -> Result<(), String> {
+    let mut net = Net::new("brmac", "1.0.0", json!({}))?;
+    // /sys is the host's in a setns'd process: ask iproute2.
+    let mac = |net: &Net| -> Result<String, String> {
+        let out = net
+            .host
+            .sh(&["ip", "-o", "link", "show", "dev", &net.bridge])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+            .ok_or(format!("no MAC in {text}"))
+    };
+    let mut ctrs = Vec::new();
+    for i in 0..3 {
+        let c = net.host.container(&format!("c{i}"))?;
+        net.call("ADD", &format!("mac{i}"), Some(&c), "eth0")?
+            .ok()?;
+        ctrs.push(c);
+    }
+    let before = mac(&net)?;
+    for (i, c) in ctrs.iter().enumerate() {
+        net.call("DEL", &format!("mac{i}"), Some(c), "eth0")?.ok()?;
+        let now = mac(&net)?;
+        ensure(
+            now == before,
+            format!("bridge MAC changed from {before} to {now} when port {i} left"),
+        )?;
+    }
+    Ok(())
 }
 
 /// netloom-bridge under another IPAM plugin (the reference `static`, from CNI_PATH): that

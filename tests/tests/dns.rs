@@ -172,7 +172,6 @@ fn start_upstream(host: &FakeHost, ip: &str, mute: bool) -> Result<Proc, String>
 struct Net {
     name: String,
     bridge: String,
-    mac_pinned: bool,
     bridge_conf: Value,
     gateway: String,
     upstreams: Vec<String>,
@@ -240,7 +239,6 @@ impl Lab {
         self.nets.push(Net {
             name,
             bridge: format!("nldns{i}"),
-            mac_pinned: false,
             bridge_conf,
             gateway,
             upstreams: upstreams.iter().map(|s| s.to_string()).collect(),
@@ -284,7 +282,6 @@ impl Lab {
             &self.nets[net].bridge_conf,
         )?
         .ok()?;
-        self.pin_bridge_mac(net)?;
         let conf = self.dns_conf(net, aliases, Some(&bridge_result));
         let dns_result = run(&self.host, &our_bin("netloom-dns")?, &call, &conf)?.ok()?;
         let addr = |v6: bool| {
@@ -306,21 +303,6 @@ impl Lab {
             bridge_result,
             dns_result,
         })
-    }
-
-    /// Gives the bridge a fixed MAC after its first port joined. A bridge whose MAC was never
-    /// set takes its lowest port's, so the gateway's MAC changes when containers come and go
-    /// and containers lose the gateway until their ARP entry expires (netloom-bridge does not
-    /// pin it yet; Docker does): these tests measure DNS, not that.
-    fn pin_bridge_mac(&mut self, net: usize) -> Result<(), String> {
-        if self.nets[net].mac_pinned {
-            return Ok(());
-        }
-        let mac = format!("02:4e:4c:00:00:{:02x}", net + 1);
-        self.host
-            .sh(&["ip", "link", "set", &self.nets[net].bridge, "address", &mac])?;
-        self.nets[net].mac_pinned = true;
-        Ok(())
     }
 
     /// netloom-dns `command` (DEL, CHECK) for `c`.
@@ -727,7 +709,6 @@ fn parallel_one_server() -> Result<(), String> {
             &lab.nets[n].bridge_conf,
         )?
         .ok()?;
-        lab.pin_bridge_mac(n)?;
         ctrs.push((netns, cid, r));
     }
     let dns_bin = our_bin("netloom-dns")?;

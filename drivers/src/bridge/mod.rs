@@ -68,7 +68,7 @@ impl BridgeDriver {
             value: None,
         })?;
         op.store().put(&marker, o.bridge.as_bytes(), Expect::Any)?;
-        let mut spec = BridgeSpec::new(&o.bridge);
+        let mut spec = BridgeSpec::new(&o.bridge).mac(crate::naming::bridge_mac(&o.bridge));
         if let Some(mtu) = net.mtu {
             spec = spec.mtu(mtu);
         }

@@ -7,17 +7,7 @@
 use engine_core::netlink::MacAddr;
 use engine_core::AttachmentKey;
 
-/// FNV-1a, 64 bits: stable across Rust versions and processes (std's hasher is not).
-fn fnv1a(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
+use crate::naming::fnv1a;
 
 /// The netloom-made parent of a network without one: `dm-` + 12 hex digits (Docker names its
 /// dummy parents `dm-<network id>` too).
@@ -65,11 +55,7 @@ pub fn tombstone(ifname: &str) -> String {
 /// A MAC address that stays the same for an endpoint across ADDs (and so across container
 /// restarts that reuse the attachment): locally administered, unicast.
 pub fn stable_mac(network_id: &str, key: &AttachmentKey) -> MacAddr {
-    let h = fnv1a(&["mac", network_id, &key.container_id, &key.ifname]).to_be_bytes();
-    let mut b = [h[2], h[3], h[4], h[5], h[6], h[7]];
-    // Bit 1 of the first octet: locally administered; bit 0 clear: unicast.
-    b[0] = (b[0] & 0xfc) | 0x02;
-    MacAddr(b)
+    crate::naming::stable_mac(&["mac", network_id, &key.container_id, &key.ifname])
 }
 
 /// Splits an 802.1Q sub-interface name `<base>.<vid>` into the base and the VLAN id, when the
