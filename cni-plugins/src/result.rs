@@ -195,6 +195,21 @@ fn v11<T>(version: CniVersion, v: Option<T>) -> Option<T> {
 }
 
 impl CniResult {
+    /// The container's addresses: those on interfaces inside the sandbox (or all, for results
+    /// without interface indexes, such as an IPAM plugin's). What chained plugins act on.
+    pub fn container_ips(&self) -> Vec<IpAddr> {
+        self.ips
+            .iter()
+            .filter(|ip| match ip.interface {
+                Some(i) => self
+                    .interfaces
+                    .get(i)
+                    .is_some_and(|x| !x.sandbox.as_deref().unwrap_or("").is_empty()),
+                None => true,
+            })
+            .map(|ip| ip.address.ip())
+            .collect()
+    }
     fn out(&self, version: CniVersion) -> OutResult<'_> {
         OutResult {
             cni_version: version.as_str(),

@@ -87,22 +87,6 @@ fn network_entry(conf: &DnsConf, name: &str, prev: &CniResult) -> Result<Network
     })
 }
 
-/// The container's addresses: those on interfaces inside the sandbox (or all, for results
-/// without interface indexes).
-fn container_ips(prev: &CniResult) -> Vec<IpAddr> {
-    prev.ips
-        .iter()
-        .filter(|ip| match ip.interface {
-            Some(i) => prev
-                .interfaces
-                .get(i)
-                .is_some_and(|x| !x.sandbox.as_deref().unwrap_or("").is_empty()),
-            None => true,
-        })
-        .map(|ip| ip.address.ip())
-        .collect()
-}
-
 /// Name, aliases and short id, lower case, without repeats. The primary name (first; PTR
 /// answers use it) is `K8S_POD_NAME`, else the container id, else — for ids that are no DNS
 /// name, such as 64-character hex ids — the short id.
@@ -158,7 +142,7 @@ impl Plugin for DnsPlugin {
             container_id: req.key.container_id.clone(),
             ifname: req.key.ifname.clone(),
             names: names_for(req)?,
-            ips: container_ips(&prev),
+            ips: prev.container_ips(),
         };
         if rec.ips.is_empty() {
             return Err(CniError::invalid_config(
@@ -205,7 +189,7 @@ impl Plugin for DnsPlugin {
                 )
             })?;
         if let Some(prev) = req.prev_result() {
-            let want = container_ips(prev);
+            let want = prev.container_ips();
             if want.iter().any(|ip| !rec.ips.contains(ip)) {
                 return Err(CniError::new(
                     code::NOT_FOUND,

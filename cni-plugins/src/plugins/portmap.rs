@@ -2,7 +2,6 @@
 //! reference `portmap` plugin does with iptables — but as map elements in one nftables
 //! transaction, so adding a container never rewrites the others' rules.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use engine_core::engine::network_rules;
@@ -92,22 +91,6 @@ fn network_for(ctx: &Context, name: &str, prev: &CniResult) -> Result<NetworkRul
     })
 }
 
-/// The container's addresses from the main plugin's result: those on interfaces inside the
-/// sandbox (or all, for results without interface indexes).
-fn container_ips(prev: &CniResult) -> Vec<IpAddr> {
-    prev.ips
-        .iter()
-        .filter(|ip| match ip.interface {
-            Some(i) => prev
-                .interfaces
-                .get(i)
-                .is_some_and(|x| !x.sandbox.as_deref().unwrap_or("").is_empty()),
-            None => true,
-        })
-        .map(|ip| ip.address.ip())
-        .collect()
-}
-
 impl Plugin for PortmapPlugin {
     fn name(&self) -> &str {
         "netloom-portmap"
@@ -129,7 +112,7 @@ impl Plugin for PortmapPlugin {
         let endpoint = EndpointRules {
             network_id: network.network_id.clone(),
             owner: req.key.owner(),
-            addresses: container_ips(&prev),
+            addresses: prev.container_ips(),
             ports,
         };
         if endpoint.addresses.is_empty() {
