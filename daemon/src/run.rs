@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::config::Settings;
 use crate::http::{self, App, Readiness};
 use crate::service::{AddressSpaces, Service};
-use crate::{reconcile, server};
+use crate::{firewall_guard, reconcile, server};
 
 /// The Docker-facing drivers netloomd can serve, in the engine's names; only those the build's
 /// driver registry has get a socket.
@@ -49,7 +49,10 @@ fn start_overlay_agent(
     advertise: Option<std::net::IpAddr>,
     port: u16,
     ttl: std::time::Duration,
-) -> anyhow::Result<drivers::overlay::agent::AgentHandle> {
+) -> anyhow::Result<(
+    drivers::overlay::agent::AgentHandle,
+    crate::overlay::OverlayCtx,
+)> {
     let global =
         engine_core::store::open_global(spec).with_context(|| format!("--store {spec}"))?;
     let vtep = match advertise {
@@ -66,10 +69,11 @@ fn start_overlay_agent(
     Netlink::connect()?
         .underlay(vtep)
         .context("--advertise-addr")?;
+    let ctx = crate::overlay::OverlayCtx::new(global.clone(), vtep, port);
     let mut cfg = drivers::overlay::agent::AgentConfig::new(global, vtep, port);
     cfg.lease_ttl = ttl;
     tracing::info!(store = spec, vtep = %vtep, port, "overlay agent starting");
-    Ok(drivers::overlay::agent::spawn(cfg)?)
+    Ok((drivers::overlay::agent::spawn(cfg)?, ctx))
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -101,28 +105,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Arc::new(NetlinkSandboxes),
         None,
     );
-    let service = Arc::new(Service::new(
-        engine,
-        fw,
-        fw_missing,
-        AddressSpaces::default(),
-    ));
-    let (app, ready_tx) = App::new(service.clone());
-    let _overlay_agent = match settings.store.clone() {
+    let (_overlay_agent, overlay_ctx) = match settings.store.clone() {
         Some(spec) => {
             let (port, addr, ttl) = (
                 settings.vxlan_port,
                 settings.advertise_addr,
                 settings.host_ttl,
             );
-            Some(
+            let (agent, ctx) =
                 http::off_runtime(move || start_overlay_agent(&spec, addr, port, ttl))
                     .await
-                    .map_err(|e| anyhow!("start the overlay agent: {e}"))??,
-            )
+                    .map_err(|e| anyhow!("start the overlay agent: {e}"))??;
+            (Some(agent), Some(ctx))
         }
-        None => None,
+        None => (None, None),
     };
+    let mut service = Service::new(engine, fw, fw_missing, AddressSpaces::default());
+    if let Some(ctx) = overlay_ctx {
+        service = service.with_overlay(ctx);
+    }
+    let service = Arc::new(service);
+    let (app, ready_tx) = App::new(service.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut served = Vec::new();
@@ -135,9 +138,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         served.push(server::serve(path, l, router, stop_rx.clone()));
     } else {
         let names = drivers.names();
+        // Overlays only with a global store to keep them in.
+        let overlay = settings.store.as_ref().map(|_| "overlay");
         for d in NETWORK_DRIVERS
             .iter()
-            .filter(|d| names.iter().any(|n| n == *d))
+            .copied()
+            .chain(overlay)
+            .filter(|d| names.iter().any(|n| n == d))
         {
             let (plugin, path) = settings.network_socket(d);
             let l = server::bind(&path)?;
@@ -197,6 +204,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         };
         let _ = ready_tx.send(readiness);
     });
+    // After reconciliation's own pass the guard keeps the rules in place.
+    firewall_guard::spawn(app.clone(), stop_rx.clone()).context("start the firewall guard")?;
 
     let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;

@@ -66,6 +66,8 @@ pub struct Service {
     /// update one): Docker sends them in order per endpoint, this keeps a stray concurrent one
     /// from undoing another's change. One netloomd per state directory, so a process lock does.
     records_lock: Mutex<()>,
+    /// Overlays (netloomd --store): the global store and this host's VTEP.
+    overlay: Option<crate::overlay::OverlayCtx>,
 }
 
 fn short(id: &str) -> &str {
@@ -93,7 +95,22 @@ impl Service {
             spaces,
             owner_seq: AtomicU64::new(0),
             records_lock: Mutex::new(()),
+            overlay: None,
         }
+    }
+
+    /// Serves overlay networks too (netloomd with `--store`).
+    pub fn with_overlay(mut self, ctx: crate::overlay::OverlayCtx) -> Self {
+        self.overlay = Some(ctx);
+        self
+    }
+
+    fn overlay_ctx(&self) -> Result<&crate::overlay::OverlayCtx> {
+        self.overlay.as_ref().ok_or_else(|| {
+            Error::Unsupported(
+                "overlay networks need netloomd started with --store etcd://…".into(),
+            )
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -185,7 +202,7 @@ impl Service {
             host_binding: opts.host_binding,
             iface_prefix: opts.iface_prefix.clone(),
         };
-        let spec = NetworkSpec {
+        let mut spec = NetworkSpec {
             name: short(id).to_string(),
             driver: driver.to_string(),
             subnets,
@@ -193,6 +210,14 @@ impl Service {
             enable_ipv6: opts.enable_ipv6 || !v6.is_empty(),
             mtu: opts.mtu,
             options: opts.driver.clone(),
+        };
+        // An overlay's VNI comes from the global store, its VTEP and MTU from this host.
+        let overlay = if driver == "overlay" {
+            let ctx = self.overlay_ctx()?;
+            let name = crate::overlay::resolve(ctx, &mut spec)?;
+            Some((name.clone(), crate::overlay::device_exists(&name)?))
+        } else {
+            None
         };
         let store = self.store().as_ref();
         if let Some(existing) = self.engine.get_network(id)? {
@@ -221,6 +246,12 @@ impl Service {
         });
         match done {
             Ok(net) => {
+                if let (Some((name, false)), Some(ctx)) = (&overlay, &self.overlay) {
+                    // The device is new here: bring it up to date (the agent does the rest).
+                    if let Err(e) = crate::overlay::sync_new_device(ctx, name) {
+                        tracing::warn!(overlay = %name, error = %e, "could not copy the overlay's remote containers yet; the agent's next re-sync will");
+                    }
+                }
                 tracing::info!(network = %short(id), bridge = ?net.options.get("bridge"), subnets = ?net.subnets.iter().map(|s| s.subnet.to_string()).collect::<Vec<_>>(), "network created");
                 Ok(())
             }
@@ -389,7 +420,22 @@ impl Service {
             ports: Vec::new(),
             sandbox_key: None,
         };
-        if let Err(e) = records::put_endpoint(store, &rec) {
+        // An overlay endpoint is announced to the other hosts (withdrawn again below if
+        // anything fails).
+        let published = match (crate::overlay::overlay_of(&net), &self.overlay) {
+            (Some(o), Some(ctx)) => crate::overlay::publish(
+                ctx,
+                o,
+                &key.owner(),
+                addresses.iter().map(|a| a.ip()).collect(),
+                &rec.mac,
+            ),
+            _ => Ok(()),
+        };
+        if let Err(e) = published.and_then(|()| records::put_endpoint(store, &rec)) {
+            if let (Some(o), Some(ctx)) = (crate::overlay::overlay_of(&net), &self.overlay) {
+                let _ = crate::overlay::withdraw(ctx, o, &key.owner());
+            }
             if let Err(u) = self.engine.detach(nid, &key, None) {
                 tracing::warn!(endpoint = %short(eid), error = %u, "could not undo a failed CreateEndpoint; the next start will");
             }
@@ -406,6 +452,12 @@ impl Service {
             return Ok(());
         }
         let key = Self::key(eid)?;
+        if let Some(net) = self.engine.get_network(nid)? {
+            if let Some(o) = crate::overlay::overlay_of(&net) {
+                // Other hosts stop sending to it before it goes.
+                crate::overlay::withdraw(self.overlay_ctx()?, o, &key.owner())?;
+            }
+        }
         // Idempotent: removes by name and owner whatever exists of the endpoint.
         self.engine.detach(nid, &key, None)?;
         fault::point("delete-endpoint:after-detach");
@@ -548,7 +600,7 @@ impl Service {
         }
     }
 
-    fn lock_records(&self) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock_records(&self) -> MutexGuard<'_, ()> {
         // A panic while holding it changed no record half-way (each is one write).
         self.records_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -674,6 +726,16 @@ impl Service {
 
     /// Whether a pool id was handed out by the IpamDriver (the shadow pools of networks and
     /// the CNI plugins' pools are not Docker's to touch).
+    /// The IPAM a pool id belongs to: an overlay's global pool, or this host's.
+    fn ipam_for(&self, pool_id: &str) -> Result<Arc<dyn Ipam>> {
+        if crate::overlay::is_overlay_pool(pool_id) {
+            let ipam: Arc<dyn Ipam> = self.overlay_ctx()?.ipam.clone();
+            return Ok(ipam);
+        }
+        self.ipam_pool_id(pool_id)?;
+        Ok(self.ipam().clone())
+    }
+
     fn ipam_pool_id<'a>(&self, pool_id: &'a str) -> Result<&'a str> {
         let ours = [&self.spaces.local, &self.spaces.global].iter().any(|s| {
             pool_id
@@ -714,6 +776,21 @@ impl Service {
                 "address space {space:?} is not one of netloom's ({}, {})",
                 self.spaces.local, self.spaces.global
             )));
+        }
+        if let Some(name) = req.options.get(crate::overlay::OPT_OVERLAY) {
+            // An overlay's addresses are leased cluster-wide, from the pool its CNI hosts use.
+            let subnet: IpNetwork = req.pool.parse().map_err(|_| {
+                Error::InvalidConfig(format!(
+                    "--ipam-opt overlay={name} needs --subnet (the overlay's subnet on every host)"
+                ))
+            })?;
+            let id = crate::overlay::request_pool(self.overlay_ctx()?, name, subnet)?;
+            tracing::info!(pool = %id, %subnet, "overlay IPAM pool handed out");
+            return Ok(RequestPoolResponse {
+                pool_id: id,
+                pool: subnet.to_string(),
+                data: Default::default(),
+            });
         }
         for k in req.options.keys() {
             // Docker's own keys pass through; what users type with --ipam-opt means nothing here.
@@ -806,6 +883,11 @@ impl Service {
     }
 
     pub fn release_pool(&self, req: &ReleasePoolRequest) -> Result<()> {
+        if crate::overlay::is_overlay_pool(&req.pool_id) {
+            // Shared by every host of the overlay (and its CNI hosts): one host's
+            // `docker network rm` must not take the other hosts' leases with it.
+            return Ok(());
+        }
         let id = self.ipam_pool_id(&req.pool_id)?;
         match self.ipam().release_pool(id) {
             Ok(()) => Ok(()),
@@ -816,8 +898,9 @@ impl Service {
     }
 
     pub fn request_address(&self, req: &RequestAddressRequest) -> Result<RequestAddressResponse> {
-        let id = self.ipam_pool_id(&req.pool_id)?;
-        let pool = self.ipam().get_pool(id)?.ok_or_else(|| {
+        let ipam = self.ipam_for(&req.pool_id)?;
+        let id = req.pool_id.as_str();
+        let pool = ipam.get_pool(id)?.ok_or_else(|| {
             Error::NotFound(format!(
                 "pool {id} does not exist (released, or netloom's state was lost)"
             ))
@@ -860,8 +943,7 @@ impl Service {
                 _ => {}
             }
         }
-        let lease = self
-            .ipam()
+        let lease = ipam
             .request_address(
                 id,
                 &AddressRequest {
@@ -879,11 +961,12 @@ impl Service {
     }
 
     pub fn release_address(&self, req: &ReleaseAddressRequest) -> Result<()> {
-        let id = self.ipam_pool_id(&req.pool_id)?;
+        let ipam = self.ipam_for(&req.pool_id)?;
+        let id = req.pool_id.as_str();
         let ip = translate::parse_ip_or_cidr(&req.address).ok_or_else(|| {
             Error::InvalidConfig(format!("address {:?} is not an IP address", req.address))
         })?;
-        match self.ipam().release_address(id, &Release::Address(ip)) {
+        match ipam.release_address(id, &Release::Address(ip)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),

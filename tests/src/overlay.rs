@@ -21,10 +21,23 @@ use crate::{names, FakeHost};
 pub struct Agent {
     child: Option<Child>,
     log: PathBuf,
+    /// The Docker plugin names are `<prefix>-overlay`, `<prefix>-ipam`, …
+    pub prefix: String,
+    plugin_dir: PathBuf,
 }
 
 impl Agent {
     pub fn start(host: &FakeHost, url: &str, vtep: IpAddr) -> Result<Agent, String> {
+        Self::start_with(host, url, vtep, None)
+    }
+
+    /// Like [`Agent::start`], with the Docker plugin sockets in `plugin_dir` (a dockerd's).
+    pub fn start_with(
+        host: &FakeHost,
+        url: &str,
+        vtep: IpAddr,
+        plugin_dir: Option<&Path>,
+    ) -> Result<Agent, String> {
         let dir = host.state_dir().join("agent");
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let log = dir.join("netloomd.log");
@@ -33,13 +46,17 @@ impl Agent {
             .append(true)
             .open(&log)
             .map_err(|e| e.to_string())?;
+        let prefix = names::unique("ov");
+        let plugin_dir = plugin_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.join("plugins"));
         let mut cmd = host.command(our_bin("netloomd")?)?;
         cmd.arg("--state-dir")
             .arg(host.state_dir().join("state"))
             .arg("--plugin-dir")
-            .arg(dir.join("plugins"))
+            .arg(&plugin_dir)
             .args(["--admin-socket", "none", "--plugin-prefix"])
-            .arg(names::unique("ov"))
+            .arg(&prefix)
             .args(["--store", url, "--advertise-addr", &vtep.to_string()])
             .args(["--host-ttl", "2", "--log-level", "info,drivers=debug"])
             .stdin(Stdio::null())
@@ -49,6 +66,8 @@ impl Agent {
         let mut agent = Agent {
             child: Some(child),
             log,
+            prefix,
+            plugin_dir,
         };
         // netloomd starts the agent after its firewall: a CNI ADD racing that first firewall
         // setup in a fresh namespace can lose its etcd connection's SYN-ACK to conntrack
@@ -56,7 +75,8 @@ impl Agent {
         let end = Instant::now() + Duration::from_secs(20);
         loop {
             let text = std::fs::read_to_string(&agent.log).unwrap_or_default();
-            if text.contains("overlay agent starting") {
+            // The agent runs, and the plugin sockets (bound after it) answer.
+            if text.contains("overlay agent starting") && text.contains("IpamDriver listening") {
                 return Ok(agent);
             }
             if let Some(Ok(Some(st))) = agent.child.as_mut().map(|c| c.try_wait()) {
@@ -89,6 +109,22 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        self.stop();
+        // A killed netloomd leaves its sockets; they carry this run's prefix.
+        if let Ok(dir) = std::fs::read_dir(&self.plugin_dir) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{}-", self.prefix)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// SIGTERM and wait (SIGKILL after 10 s).
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(c.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);

@@ -57,6 +57,19 @@ fn main() {
         "overlay::published_port_on_the_containers_host",
         CAPS,
         published_port,
+    )
+    .test(
+        "overlay::docker_and_cni_hosts_share_an_overlay",
+        &[
+            Cap::Root,
+            Cap::Veth,
+            Cap::Bridge,
+            Cap::Vxlan,
+            Cap::Nftables,
+            Cap::Etcd,
+            Cap::Dockerd,
+        ],
+        docker_and_cni,
     );
     run_main(s);
 }
@@ -678,4 +691,103 @@ fn published_port() -> Result<(), String> {
         return Err("the port stayed published after portmap DEL".into());
     }
     Ok(())
+}
+
+fn docker_and_cni() -> Result<(), String> {
+    use tests::docker::{Dockerd, DOCKER_PLUGIN_DIR};
+    let mut lab = Lab::new(2, V4)?;
+    // Host 0 runs Docker: its netloomd serves the plugin sockets where dockerd looks.
+    let url = lab.etcd.url();
+    let vtep0 = lab.hosts[0].vtep;
+    lab.hosts[0].agent = None;
+    let agent = Agent::start_with(
+        &lab.hosts[0].fh,
+        &url,
+        vtep0,
+        Some(std::path::Path::new(DOCKER_PLUGIN_DIR)),
+    )?;
+    let prefix = agent.prefix.clone();
+    lab.hosts[0].agent = Some(agent);
+    let root = lab.hosts[0].fh.state_dir().join("docker");
+    let dockerd = Dockerd::start(&lab.hosts[0].fh, &root)?;
+    dockerd.import_busybox()?;
+    let overlay = names::unique("ovk");
+    let subnet = overlay_subnet();
+    let result = (|| -> Result<(), String> {
+        dockerd.ok(&[
+            "network",
+            "create",
+            "-d",
+            &format!("{prefix}-overlay"),
+            "--ipam-driver",
+            &format!("{prefix}-ipam"),
+            "--ipam-opt",
+            &format!("overlay={overlay}"),
+            "-o",
+            &format!("overlay={overlay}"),
+            "--subnet",
+            &subnet,
+            "ovk",
+        ])?;
+        // The image imported offline; never a registry.
+        dockerd.ok(&[
+            "run",
+            "-d",
+            "--pull",
+            "never",
+            "--name",
+            "da",
+            "--network",
+            "ovk",
+            tests::docker::IMAGE,
+            "sleep",
+            "600",
+        ])?;
+        let ip = dockerd
+            .ok(&[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                "da",
+            ])?
+            .trim()
+            .to_string();
+        // A CNI container on host 1 in the same overlay: one address pool, one L2 segment.
+        let c1 = conf(
+            &lab,
+            &lab.hosts[1],
+            &names::unique("ovc"),
+            &subnet,
+            json!({"overlay": overlay}),
+        );
+        let (b, _) = add(&mut lab.hosts[1], &c1, "b")?;
+        if b.ip == ip {
+            return Err(format!("Docker and CNI hosts both handed out {ip}"));
+        }
+        ping_until(&b.netns, &ip, Duration::from_secs(10))
+            .map_err(|e| format!("CNI host → Docker container: {e}"))?;
+        dockerd
+            .ok(&["exec", "da", "ping", "-c1", "-W2", &b.ip])
+            .map_err(|e| format!("Docker container → CNI host: {e}"))?;
+        let mtu = dockerd.ok(&["exec", "da", "cat", "/sys/class/net/eth0/mtu"])?;
+        if mtu.trim() != "1450" {
+            return Err(format!("Docker container MTU {}, want 1450", mtu.trim()));
+        }
+        dockerd.ok(&["rm", "-f", "da"])?;
+        // The container is withdrawn from host 1 when Docker deletes its endpoint.
+        let gone = wait_for(Duration::from_secs(5), || {
+            Ok(!neigh(&lab.hosts[1], &overlay)?.contains(&format!("{ip} ")))
+        });
+        gone.map_err(|e| format!("Docker container still programmed on host 1: {e}"))?;
+        dockerd.ok(&["network", "rm", "ovk"])?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = dockerd.docker(&["rm", "-f", "da"]);
+        let _ = dockerd.docker(&["network", "rm", "ovk"]);
+        if let Some(a) = lab.hosts[0].agent.as_ref() {
+            eprintln!("host 0 netloomd:\n{}", a.log_tail());
+        }
+    }
+    result
 }
