@@ -4,13 +4,15 @@
 //! - [`translate`]: Docker's option spellings, addresses and port bindings → netloom's model.
 //! - [`service`]: one synchronous method per protocol call, over the engine.
 //! - [`records`]: what the Docker front door stores beside the engine's records.
-//! - [`reconcile`]: startup recovery after a crash or reboot.
+//! - [`reconcile`]: startup recovery after a crash or reboot; [`firewall_guard`]: puts the
+//!   firewall rules back when someone else removes them.
 //! - [`http`]: axum routers (plugin sockets, admin API); [`server`]: unix sockets.
 //! - [`metrics`], [`config`], [`fault`] (test-only crash points).
 
 pub mod config;
 pub mod docker_api;
 pub mod fault;
+pub mod firewall_guard;
 pub mod http;
 pub mod metrics;
 pub mod overlay;

@@ -27,6 +27,8 @@ struct MethodStats {
 #[derive(Debug, Default)]
 pub struct Metrics {
     methods: Mutex<BTreeMap<String, MethodStats>>,
+    /// Firewall items someone else removed and the guard put back.
+    firewall_restores: std::sync::atomic::AtomicU64,
 }
 
 /// Values read at scrape time.
@@ -58,6 +60,12 @@ impl Metrics {
         }
         s.sum_seconds += secs;
         s.count += 1;
+    }
+
+    /// Counts firewall items the guard had to put back.
+    pub fn add_firewall_restores(&self, n: u64) {
+        self.firewall_restores
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Requests seen for `method` (tests and /health).
@@ -151,6 +159,17 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE netloom_uptime_seconds gauge");
         let _ = writeln!(out, "netloom_uptime_seconds {:.3}", g.uptime_seconds);
+        let _ = writeln!(
+            out,
+            "# HELP netloom_firewall_restores_total Firewall items removed by someone else and put back."
+        );
+        let _ = writeln!(out, "# TYPE netloom_firewall_restores_total counter");
+        let _ = writeln!(
+            out,
+            "netloom_firewall_restores_total {}",
+            self.firewall_restores
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
         out
     }
 }

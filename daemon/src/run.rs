@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::config::Settings;
 use crate::http::{self, App, Readiness};
 use crate::service::{AddressSpaces, Service};
-use crate::{reconcile, server};
+use crate::{firewall_guard, reconcile, server};
 
 /// The Docker-facing drivers netloomd can serve, in the engine's names; only those the build's
 /// driver registry has get a socket.
@@ -204,6 +204,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         };
         let _ = ready_tx.send(readiness);
     });
+    // After reconciliation's own pass the guard keeps the rules in place.
+    firewall_guard::spawn(app.clone(), stop_rx.clone()).context("start the firewall guard")?;
 
     let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;

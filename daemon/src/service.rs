@@ -600,7 +600,7 @@ impl Service {
         }
     }
 
-    fn lock_records(&self) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock_records(&self) -> MutexGuard<'_, ()> {
         // A panic while holding it changed no record half-way (each is one write).
         self.records_lock.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -60,6 +60,11 @@ fn main() {
         NET,
         crash_points,
     )
+    .test(
+        "netloomd::firewall_flush_is_repaired_within_a_second",
+        NET,
+        firewall_flush_repaired,
+    )
     .test("docker::network_options_and_bad_requests", DOCKER, || {
         serial(network_options_and_bad_requests)
     })
@@ -422,6 +427,75 @@ fn kill9_mid_lifecycle() -> Result<(), String> {
     detach(&d, &n, &e1, &a1)?;
     detach(&d, &n, &e2, &a2)?;
     delete_network(&d, &n)?;
+    no_leftovers(&host, &d.state_dir)
+}
+
+/// `nft flush ruleset` (what a firewalld reload or a careless script does) while netloomd
+/// runs: the guard puts the network's rules and the published port back within a second,
+/// counts it in /metrics, and a port revoked afterwards stays gone.
+fn firewall_flush_repaired() -> Result<(), String> {
+    let mut host = FakeHost::new("fwg")?;
+    let dir = host.state_dir().join("nl");
+    let plugins = host.state_dir().join("plugins");
+    let c1 = host.container("c1")?;
+    let d = Netloomd::start(&host, &dir, &plugins, None)?;
+    let n = create_network(&d, names::subnet_v4())?;
+    let (e1, a1) = attach(&d, &n, &c1)?;
+    let publish = |port: u16| json!({"NetworkID": n.nid, "EndpointID": e1, "Options": {"com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": port, "HostPortEnd": port}]}});
+    post_ok(
+        &d.bridge_socket(),
+        "/NetworkDriver.ProgramExternalConnectivity",
+        &publish(18086),
+    )?;
+    let ruleset = |host: &FakeHost| -> Result<String, String> {
+        Ok(String::from_utf8_lossy(&host.sh(&["nft", "list", "ruleset"])?.stdout).into_owned())
+    };
+    let before = ruleset(&host)?;
+    ensure(
+        before.contains("18086") && before.contains(&n.nid[..12]),
+        || format!("port or network rules missing before the flush:\n{before}"),
+    )?;
+    host.sh(&["nft", "flush", "ruleset"])?;
+    let flushed = std::time::Instant::now();
+    let mut back = None;
+    while flushed.elapsed() < Duration::from_secs(5) {
+        let r = ruleset(&host)?;
+        if r.contains("table inet netloom") && r.contains("18086") {
+            back = Some(flushed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let took = back.ok_or("rules not restored within 5 s of `nft flush ruleset`")?;
+    // The guard polls every 250 ms; a second leaves room for a loaded machine.
+    ensure(took < Duration::from_millis(1500), || {
+        format!("rules restored only after {took:?}")
+    })?;
+    let (_, metrics) = d.admin_get("/metrics")?;
+    let restores: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("netloom_firewall_restores_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    ensure(restores > 0, || {
+        format!("no restore counted in /metrics:\n{metrics}")
+    })?;
+    // Revoking afterwards removes the port for good: the guard never brings it back.
+    post_ok(
+        &d.bridge_socket(),
+        "/NetworkDriver.RevokeExternalConnectivity",
+        &json!({"NetworkID": n.nid, "EndpointID": e1}),
+    )?;
+    std::thread::sleep(Duration::from_millis(800));
+    ensure(!ruleset(&host)?.contains("18086"), || {
+        "a revoked port came back".into()
+    })?;
+    detach(&d, &n, &e1, &a1)?;
+    delete_network(&d, &n)?;
+    std::thread::sleep(Duration::from_millis(600));
+    ensure(!ruleset(&host)?.contains(&n.nid[..12]), || {
+        "a deleted network's rules came back".into()
+    })?;
     no_leftovers(&host, &d.state_dir)
 }
 

@@ -82,6 +82,13 @@ pub trait Firewaller: Send + Sync {
 
     /// Reports what is missing without changing anything.
     fn check(&self, net: &NetworkRules, eps: &[EndpointRules]) -> Result<Vec<Drift>>;
+
+    /// A number that changes whenever anyone changes the ruleset (nftables' generation id),
+    /// so a watcher can tell "someone flushed it" from "nothing happened" with one cheap
+    /// query. `None` when the backend has no such number (iptables): watch by time instead.
+    fn generation(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 pub use self::iptables::IptablesFirewall;

@@ -837,6 +837,10 @@ impl Firewaller for NftFirewall {
         "nftables"
     }
 
+    fn generation(&self) -> Result<Option<u64>> {
+        Ok(Some(u64::from(self.lock()?.sock.genid()?)))
+    }
+
     fn setup_network(&self, net: &NetworkRules) -> Result<()> {
         plan::validate_network(net)?;
         let want = Want {
