@@ -105,6 +105,9 @@ pub fn spawn(cfg: AgentConfig) -> Result<AgentHandle> {
 /// The store's view, as far as this host cares.
 #[derive(Default)]
 struct Model {
+    /// Every overlay of the cluster: a full re-sync visits each local device, also one whose
+    /// remote containers all went away while this agent was not watching.
+    overlays: BTreeSet<String>,
     hosts: BTreeSet<String>,
     /// (overlay, host, owner) → record.
     endpoints: BTreeMap<(String, String, String), EndpointRecord>,
@@ -217,6 +220,12 @@ impl Agent {
     /// Updates the model; returns the endpoint record that was there before, if any.
     fn remember(&mut self, k: &Key, value: Option<&[u8]>) -> Option<EndpointRecord> {
         match control::classify(k) {
+            Entry::Network(n) => {
+                if value.is_some() {
+                    self.model.overlays.insert(n);
+                }
+                None
+            }
             Entry::Host(h) => {
                 if value.is_some() {
                     self.model.hosts.insert(h);
@@ -230,6 +239,7 @@ impl Agent {
                 host,
                 owner,
             } => {
+                self.model.overlays.insert(overlay.clone());
                 let id = (overlay, host, owner);
                 match value.map(serde_json::from_slice::<EndpointRecord>) {
                     Some(Ok(r)) => self.model.endpoints.insert(id, r),
@@ -326,8 +336,7 @@ impl Agent {
 
     /// Full re-sync of every local device of a known overlay.
     fn sync_all(&self) {
-        let overlays: BTreeSet<&String> = self.model.endpoints.keys().map(|(o, _, _)| o).collect();
-        for overlay in overlays {
+        for overlay in &self.model.overlays {
             let dev = match self.device(overlay) {
                 Ok(Some(d)) => d,
                 Ok(None) => continue,

@@ -253,6 +253,7 @@ pub fn withdraw_endpoint(
 /// A parsed record below [`root`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
+    Network(String),
     Host(String),
     Endpoint {
         overlay: String,
@@ -266,6 +267,7 @@ pub enum Entry {
 pub fn classify(key: &Key) -> Entry {
     let s = key.segments();
     match s.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["overlay", "networks", n] => Entry::Network(n.to_string()),
         ["overlay", "hosts", h] => Entry::Host(h.to_string()),
         ["overlay", "endpoints", o, h, w] => Entry::Endpoint {
             overlay: o.to_string(),
@@ -427,7 +429,8 @@ mod tests {
                 owner: "c1/eth0".into()
             }
         );
-        assert_eq!(classify(&network_key("web")), Entry::Other);
+        assert_eq!(classify(&network_key("web")), Entry::Network("web".into()));
+        assert_eq!(classify(&vni_key(42)), Entry::Other);
         assert_eq!(
             mac_for("10.1.2.3".parse().unwrap()).to_string(),
             "02:42:0a:01:02:03"
