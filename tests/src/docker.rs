@@ -384,6 +384,9 @@ pub const IMAGE: &str = "nlt-busybox:1";
 pub struct Dockerd {
     pub root: PathBuf,
     pub sock: PathBuf,
+    /// Start with `--live-restore` (containers outlive a dockerd stop); takes effect at the
+    /// next [`Dockerd::spawn`].
+    pub live_restore: bool,
     namespace: String,
     netns: PathBuf,
     child: Option<Child>,
@@ -400,6 +403,7 @@ impl Dockerd {
         let mut d = Dockerd {
             root: root.to_path_buf(),
             sock: root.join("docker.sock"),
+            live_restore: false,
             namespace: names::unique("ctrd"),
             netns: host.netns().path().to_path_buf(),
             child: None,
@@ -428,6 +432,7 @@ impl Dockerd {
             // No docker0: the default bridge is not under test. Docker's iptables rules stay
             // on (in the fake host): netloom must coexist with its FORWARD DROP policy.
             .args(["--bridge=none", "--storage-driver=vfs", "--log-level=info"])
+            .args(self.live_restore.then_some("--live-restore"))
             .arg("--containerd-namespace")
             .arg(&self.namespace)
             .arg("--containerd-plugins-namespace")

@@ -1198,6 +1198,29 @@ fn restarts() -> Result<(), String> {
     env.docker(&["start", "r1", "r2"])?;
     let r2 = env.ip_of("r2", "r")?;
     ping_ok(&env, "r1", &r2)?;
+
+    // dockerd with --live-restore: its containers keep running, and keep talking, while it is
+    // down; when it is back they are still attached and netloomd still has their endpoints.
+    env.dockerd.stop()?;
+    env.dockerd.live_restore = true;
+    env.dockerd.spawn()?;
+    env.docker(&["start", "r1", "r2"])?;
+    let r2 = env.ip_of("r2", "r")?;
+    let pid = env.docker(&["inspect", "-f", "{{.State.Pid}}", "r1"])?;
+    let r1_netns = PathBuf::from(format!("/proc/{}/ns/net", pid.trim()));
+    env.dockerd.stop()?;
+    run_in_path(&r1_netns, &["ping", "-c", "1", "-W", "2", &r2])
+        .map_err(|e| format!("with dockerd down under --live-restore: {e}"))?;
+    env.dockerd.spawn()?;
+    let running = env.docker(&["ps", "--format", "{{.Names}}"])?;
+    ensure(running.contains("r1") && running.contains("r2"), || {
+        format!("containers did not survive a live-restore restart: {running}")
+    })?;
+    ping_ok(&env, "r1", &r2)?;
+    let eps = env.netloomd.admin_json("/endpoints")?;
+    ensure(eps.as_array().map(Vec::len) == Some(2), || {
+        format!("netloomd's endpoints after a live-restore restart: {eps}")
+    })?;
     finish(&env)
 }
 
