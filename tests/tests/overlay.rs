@@ -54,6 +54,11 @@ fn main() {
     )
     .test("overlay::ipv6_underlay", CAPS, ipv6_underlay)
     .test(
+        "overlay::restarted_agent_resyncs_what_it_missed",
+        CAPS,
+        agent_resync,
+    )
+    .test(
         "overlay::published_port_on_the_containers_host",
         CAPS,
         published_port,
@@ -790,4 +795,35 @@ fn docker_and_cni() -> Result<(), String> {
         }
     }
     result
+}
+
+fn agent_resync() -> Result<(), String> {
+    let mut lab = Lab::new(2, V4)?;
+    let net = names::unique("ovr");
+    let subnet = overlay_subnet();
+    let c0 = conf(&lab, &lab.hosts[0], &net, &subnet, json!({}));
+    let c1 = conf(&lab, &lab.hosts[1], &net, &subnet, json!({}));
+    let (a, _) = add(&mut lab.hosts[0], &c0, "a")?;
+    let (b, _) = add(&mut lab.hosts[1], &c1, "b")?;
+    ping_until(&b.netns, &a.ip, Duration::from_secs(10))?;
+    // Host 1's netloomd is down while host 0 removes one container and adds another.
+    lab.hosts[1].agent = None;
+    del(&lab.hosts[0], &c0, "a", &a)?;
+    let (c, _) = add(&mut lab.hosts[0], &c0, "c")?;
+    let stale = format!("{} dst ", a.mac);
+    if !fdb(&lab.hosts[1], &net)?.contains(&stale) {
+        return Err("host 1 dropped a's entry without its agent: test setup wrong".into());
+    }
+    // Back up: the snapshot re-sync removes what went away and adds what came.
+    let url = lab.etcd.url();
+    let vtep1 = lab.hosts[1].vtep;
+    lab.hosts[1].agent = Some(Agent::start(&lab.hosts[1].fh, &url, vtep1)?);
+    let took = wait_for(Duration::from_secs(5), || {
+        let f = fdb(&lab.hosts[1], &net)?;
+        Ok(!f.contains(&stale) && f.contains(&format!("{} dst ", c.mac)))
+    })
+    .map_err(|e| format!("host 1 did not re-sync after its restart: {e}"))?;
+    eprintln!("restarted agent re-synced within {took:?} of starting");
+    ping_until(&b.netns, &c.ip, Duration::from_secs(5))?;
+    Ok(())
 }
