@@ -58,8 +58,12 @@ fn iperf(server_ns: &Path, client_ns: &Path, ip: &str) -> Result<f64, String> {
         .map_err(|e| format!("iperf3 -c: {e}"))?;
     let _ = server.kill();
     let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("iperf3 output: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "iperf3 output: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|b| b / 1e9)
@@ -122,8 +126,8 @@ fn bench() -> Result<(), String> {
     let per_host = 100;
     let mut times = Vec::new();
     for k in 0..per_host {
-        for h in 0..3 {
-            let (_, took) = add(&mut lab.hosts[h], &confs[h], &format!("g{h}-{k}"))?;
+        for (h, conf) in confs.iter().enumerate() {
+            let (_, took) = add(&mut lab.hosts[h], conf, &format!("g{h}-{k}"))?;
             times.push(took.as_secs_f64() * 1000.0);
         }
     }

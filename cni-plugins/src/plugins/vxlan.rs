@@ -219,7 +219,12 @@ fn lease(
     wanted: &[IpAddr],
 ) -> Result<Vec<IpAddr>, CniError> {
     for a in wanted {
-        if !conf.range_sets.iter().flatten().any(|r| r.subnet.contains(*a)) {
+        if !conf
+            .range_sets
+            .iter()
+            .flatten()
+            .any(|r| r.subnet.contains(*a))
+        {
             return Err(CniError::invalid_config(format!(
                 "requested address {a} is in no subnet of this overlay"
             )));
