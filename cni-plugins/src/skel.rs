@@ -167,7 +167,21 @@ fn dispatch<P: Plugin + ?Sized>(
     let raw = parse_object(stdin)?;
     let version = request_version(plugin, &raw)?;
     require_for_command(command, version)?;
-    let config = NetConf::from_map(raw, version)?;
+    let config = if command == Command::Del && raw.contains_key("runtimeConfig") {
+        // DEL must clean up whatever the runtime sends it: capability arguments that ADD
+        // refused (so nothing was made from them) must not stop the chain's DEL, or the main
+        // plugin's interface behind this one would never be removed.
+        match NetConf::from_map(raw.clone(), version) {
+            Ok(c) => c,
+            Err(e) => {
+                let mut lenient = raw;
+                lenient.remove("runtimeConfig");
+                NetConf::from_map(lenient, version).map_err(|_| e)?
+            }
+        }
+    } else {
+        NetConf::from_map(raw, version)?
+    };
     let stdin = stdin.to_vec();
 
     match command {

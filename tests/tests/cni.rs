@@ -945,6 +945,15 @@ fn portmap_chain() -> Result<(), String> {
         ..call_b.clone()
     };
     run(&net.host, &portmap, &del_b, &pm_conf(&rb, 18080))?.ok()?;
+    // A mapping ADD refused (port 70000) must not stop the chain's DEL.
+    let bad = Call {
+        command: "ADD",
+        ..call_b.clone()
+    };
+    let mut bad_conf = pm_conf(&rb, 18081);
+    bad_conf["runtimeConfig"]["portMappings"][0]["hostPort"] = json!(70000);
+    run(&net.host, &portmap, &bad, &bad_conf)?.err_code(7)?;
+    run(&net.host, &portmap, &del_b, &bad_conf)?.ok()?;
     net.call("DEL", "pma", Some(&a), "eth0")?.ok()?;
     net.call("DEL", "pmb", Some(&b), "eth0")?.ok()?;
     let rules = String::from_utf8_lossy(
