@@ -75,18 +75,15 @@ impl Delegate {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| {
-                CniError::io(format!(
-                    "start IPAM plugin {}: {e}",
-                    self.binary.display()
-                ))
+                CniError::io(format!("start IPAM plugin {}: {e}", self.binary.display()))
             })?;
         if let Some(mut input) = child.stdin.take() {
             // A plugin that exits without reading its stdin is answered by its exit status.
             let _ = input.write_all(stdin);
         }
-        let out = child.wait_with_output().map_err(|e| {
-            CniError::io(format!("wait for IPAM plugin {}: {e}", self.ipam_type))
-        })?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| CniError::io(format!("wait for IPAM plugin {}: {e}", self.ipam_type)))?;
         if out.status.success() {
             return Ok(out.stdout);
         }
