@@ -310,7 +310,14 @@ pub fn add(host: &mut Host, conf: &Value, id: &str) -> Result<(Ctr, Duration), S
         let t = Instant::now();
         let out = run(&host.fh, &plugin, &call("ADD", id, Some(&netns)), conf)?;
         let took = t.elapsed();
-        if out.code != 0 && out.stdout.contains("no overlay agent") && Instant::now() < end {
+        // Code 11 is "try again later", and runtimes do: the agent may not have registered
+        // yet, or (on a loaded machine) one connection to etcd timed out.
+        let retry = out.stdout.contains("no overlay agent") || out.stdout.contains("unreachable");
+        if out.code != 0 && retry && Instant::now() < end {
+            eprintln!(
+                "ADD {id} answered \"try again later\", retrying: {}",
+                out.stdout.trim()
+            );
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
