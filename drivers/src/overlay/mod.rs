@@ -84,15 +84,15 @@ impl OverlayDriver {
             }
             match nl.create_vxlan(&spec) {
                 Ok(_) => {}
-                // A parallel ADD on this host made it first.
-                Err(e) if engine_core::netlink::is_exists(&e) => {}
-                Err(e)
-                    if e.errno() == Some(libc::EADDRINUSE) || e.errno() == Some(libc::EEXIST) =>
-                {
-                    return Err(Error::Conflict(format!(
-                        "VXLAN device for VNI {} on port {} cannot be created: {e}",
-                        o.vni, o.port
-                    )))
+                // EEXIST: a parallel ADD on this host made it first, or another VXLAN device
+                // here already uses this VNI and port (the kernel allows one).
+                Err(e) if engine_core::netlink::is_exists(&e) => {
+                    if nl.link_by_name(&o.vxlan)?.is_none() {
+                        return Err(Error::Conflict(format!(
+                            "another VXLAN device on this host already uses VNI {} on UDP port {}; remove it or pin another vxlanid",
+                            o.vni, o.port
+                        )));
+                    }
                 }
                 Err(e) => return Err(e),
             }
