@@ -42,6 +42,7 @@ impl Driver for FakeBridge {
             supports_ipv6: true,
             supports_port_mapping: true,
             max_endpoints: None,
+            no_interface: false,
         }
     }
     fn validate(&self, spec: &NetworkSpec) -> Result<Options> {

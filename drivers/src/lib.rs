@@ -3,6 +3,7 @@
 //! arrive leased.
 
 pub mod bridge;
+pub mod local;
 pub mod naming;
 pub mod overlay;
 pub mod vlan;
@@ -17,6 +18,8 @@ pub fn register_all(registry: &mut DriverRegistry) {
     registry.register(Arc::new(vlan::VlanDriver::macvlan()));
     registry.register(Arc::new(vlan::VlanDriver::ipvlan()));
     registry.register(Arc::new(overlay::OverlayDriver));
+    registry.register(Arc::new(local::NoneDriver));
+    registry.register(Arc::new(local::HostDriver));
 }
 
 /// A registry with every driver.

@@ -95,6 +95,10 @@ pub struct Capabilities {
     pub supports_port_mapping: bool,
     /// Kernel limit on endpoints per network (a Linux bridge takes 1024 ports), if any.
     pub max_endpoints: Option<u32>,
+    /// Endpoints get no interface of this network in the sandbox (`none`: loopback only;
+    /// `host`: the host's own namespace): the engine neither configures nor checks one.
+    #[serde(default)]
+    pub no_interface: bool,
 }
 
 /// What `create_endpoint` leaves for the sandbox step: a link still in the host namespace.

@@ -477,8 +477,11 @@ impl Engine {
                     join: &join,
                     mtu: net.mtu,
                 };
-                let mac = self.sandboxes.configure(&mut op, sb, &iface)?;
-                endpoint.mac = Some(mac);
+                // Drivers without a link (none, host) have nothing for the sandbox step.
+                if !driver.capabilities().no_interface {
+                    let mac = self.sandboxes.configure(&mut op, sb, &iface)?;
+                    endpoint.mac = Some(mac);
+                }
                 join
             }
             None => JoinInfo::default(),
@@ -576,7 +579,14 @@ impl Engine {
             errors.push(e);
         }
         if let Some(sb) = &op_sandbox {
-            if let Err(e) = self.sandboxes.deconfigure(sb, &key.ifname) {
+            // Without an interface of ours, `ifname` in the sandbox may belong to another
+            // network: never touch it.
+            let result = if driver.capabilities().no_interface {
+                Ok(())
+            } else {
+                self.sandboxes.deconfigure(sb, &key.ifname)
+            };
+            if let Err(e) = result {
                 errors.push(e);
             }
         }
@@ -618,7 +628,7 @@ impl Engine {
             Some(p) => crate::netlink::Netlink::in_netns(&crate::netns::Netns::open(p)?)?,
         };
         let mut drift = driver.check(&host, &net, &ep)?;
-        if let Some(sb) = &ep.sandbox {
+        if let (Some(sb), false) = (&ep.sandbox, driver.capabilities().no_interface) {
             drift.extend(self.sandboxes.check(sb, &key.ifname, &ep.addresses)?);
         }
         if let (Some(fw), Some(rules)) = (&self.firewall, network_rules(&net)) {

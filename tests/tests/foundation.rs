@@ -43,6 +43,11 @@ fn main() {
         "journal::kill9_mid_operation_is_rolled_back",
         &[Cap::Root, Cap::Veth],
         journal_kill9_rolled_back,
+    )
+    .test(
+        "engine::none_and_host_drivers",
+        &[Cap::Root, Cap::Veth],
+        none_and_host_drivers,
     );
     run_main(s)
 }
@@ -432,4 +437,150 @@ fn journal_kill9_rolled_back() -> Result<(), String> {
             .is_empty(),
         "journal not cleared",
     )
+}
+
+// ---------------------------------------------------------------- none and host drivers
+
+/// The two drivers without links, through the engine: `none` leaves a sandbox with only its
+/// loopback (up) and never touches an interface of another network with the same name; `host`
+/// accepts only the host's own namespace; both refuse subnets.
+fn none_and_host_drivers() -> Result<(), String> {
+    use engine_core::engine::{AttachRequest, Engine, OverlapPolicy, SandboxSetup};
+    use engine_core::model::{NetworkSpec, Sandbox};
+    use engine_core::sandbox::NetlinkSandboxes;
+    use engine_core::{AttachmentKey, Options};
+
+    let mut host = FakeHost::new("local")?;
+    let store: Arc<dyn StateStore> =
+        Arc::new(FileStore::open(host.state_dir()).map_err(|e| e.to_string())?);
+    let ipam = Arc::new(ipam::StoreIpam::new(
+        store.clone(),
+        Box::new(|| Ok(Vec::new())),
+    ));
+    let engine = Engine::new(
+        store,
+        ipam,
+        drivers::registry(),
+        None,
+        Arc::new(NetlinkSandboxes),
+        Some(host.netns().path().to_path_buf()),
+    );
+    let spec = |driver: &str| NetworkSpec {
+        name: format!("{driver}net"),
+        driver: driver.into(),
+        ..Default::default()
+    };
+    let attach = |net: &str, cid: &str, netns: &Path| AttachRequest {
+        network_id: net.into(),
+        key: AttachmentKey::new(cid, "eth0").expect("valid key"),
+        sandbox: SandboxSetup::Configure(Sandbox {
+            netns_path: netns.to_path_buf(),
+        }),
+        static_addresses: Vec::new(),
+        mac: None,
+        ports: Vec::new(),
+        extra_routes: Vec::new(),
+        options: Options::new(),
+    };
+    let links = |ns: &Path| -> Result<String, String> {
+        let out = tests::fakehost::run_in_path(ns, &["ip", "-o", "link", "show"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+
+    // none: loopback up, nothing else; DEL keeps a same-named interface of someone else.
+    let none = engine
+        .ensure_network("nonenet", &spec("none"), OverlapPolicy::Reject)
+        .map_err(|e| e.to_string())?;
+    let c = host.container("c")?;
+    let a = engine
+        .attach(&attach(&none.id, "ctr-none", &c))
+        .map_err(|e| e.to_string())?;
+    ensure(a.endpoint.addresses.is_empty(), "none gave an address")?;
+    let l = links(&c)?;
+    ensure(
+        l.lines().count() == 1 && l.contains("lo:") && l.contains("UP"),
+        format!("a none sandbox should hold only lo, up: {l}"),
+    )?;
+    let key = AttachmentKey::new("ctr-none", "eth0").map_err(|e| e.to_string())?;
+    ensure(
+        engine
+            .check(&none.id, &key)
+            .map_err(|e| e.to_string())?
+            .is_empty(),
+        "CHECK of a healthy none endpoint found drift",
+    )?;
+    tests::fakehost::run_in_path(&c, &["ip", "link", "set", "lo", "down"])?;
+    let drift = engine.check(&none.id, &key).map_err(|e| e.to_string())?;
+    ensure(drift.len() == 1, format!("CHECK missed lo down: {drift:?}"))?;
+    // Someone else's eth0 in the same sandbox survives the none endpoint's detach.
+    tests::fakehost::run_in_path(
+        &c,
+        &[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth9",
+        ],
+    )?;
+    engine
+        .detach(&none.id, &key, None)
+        .map_err(|e| e.to_string())?;
+    ensure(
+        links(&c)?.contains("eth0"),
+        "detaching a none endpoint removed another network's eth0",
+    )?;
+    ensure(
+        engine
+            .get_endpoint(&none.id, &key)
+            .map_err(|e| e.to_string())?
+            .is_none(),
+        "none endpoint record left",
+    )?;
+
+    // host: the host's own namespace only.
+    let hostnet = engine
+        .ensure_network("hostnet", &spec("host"), OverlapPolicy::Reject)
+        .map_err(|e| e.to_string())?;
+    engine
+        .attach(&attach(&hostnet.id, "ctr-host", host.netns().path()))
+        .map_err(|e| e.to_string())?;
+    let other = host.container("other")?;
+    let err = engine
+        .attach(&attach(&hostnet.id, "ctr-other", &other))
+        .err()
+        .ok_or("the host driver accepted a namespace that is not the host's")?;
+    ensure(
+        err.to_string().contains("share the host"),
+        format!("host driver error: {err}"),
+    )?;
+    let other_key = AttachmentKey::new("ctr-other", "eth0").map_err(|e| e.to_string())?;
+    ensure(
+        engine
+            .get_endpoint(&hostnet.id, &other_key)
+            .map_err(|e| e.to_string())?
+            .is_none(),
+        "a refused host attach left a record",
+    )?;
+    let host_key = AttachmentKey::new("ctr-host", "eth0").map_err(|e| e.to_string())?;
+    engine
+        .detach(&hostnet.id, &host_key, None)
+        .map_err(|e| e.to_string())?;
+
+    // Both refuse subnets, with the reason.
+    let mut with_subnet = spec("none");
+    with_subnet.subnets.push(engine_core::model::SubnetConfig {
+        subnet: "10.9.9.0/24".parse().map_err(|e| format!("{e}"))?,
+        gateway: None,
+        pool_id: String::new(),
+    });
+    let err = engine
+        .ensure_network("badnone", &with_subnet, OverlapPolicy::Reject)
+        .err()
+        .ok_or("none accepted a subnet")?;
+    ensure(
+        err.to_string().contains("no subnet"),
+        format!("none driver subnet error: {err}"),
+    )?;
+    engine.delete_network(&none.id).map_err(|e| e.to_string())?;
+    engine
+        .delete_network(&hostnet.id)
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }

@@ -139,6 +139,7 @@ impl Driver for BridgeDriver {
             supports_ipv6: true,
             supports_port_mapping: true,
             max_endpoints: Some(MAX_PORTS),
+            no_interface: false,
         }
     }
 

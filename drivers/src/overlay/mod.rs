@@ -124,6 +124,7 @@ impl Driver for OverlayDriver {
             supports_ipv6: true,
             supports_port_mapping: true,
             max_endpoints: Some(crate::bridge::MAX_PORTS - 1),
+            no_interface: false,
         }
     }
 

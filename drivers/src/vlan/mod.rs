@@ -102,6 +102,7 @@ impl Driver for VlanDriver {
             supports_ipv6: true,
             supports_port_mapping: false,
             max_endpoints: None,
+            no_interface: false,
         }
     }
 
