@@ -62,6 +62,17 @@ fn main() {
         ipam_under_reference_bridge,
     )
     .test(
+        "cni::backend_key_selects_the_firewall",
+        &[
+            Cap::Root,
+            Cap::Veth,
+            Cap::Bridge,
+            Cap::Iptables,
+            Cap::Nftables,
+        ],
+        backend_key,
+    )
+    .test(
         "cni::bridge_mac_stays_when_ports_leave",
         NET,
         bridge_mac_stays,
@@ -719,6 +730,59 @@ fn ipam_under_reference_bridge() -> Result<(), String> {
     ensure(
         count_values(&host.state_dir().join("data/ipam/leases")) == 0,
         "lease not released by DEL",
+    )
+}
+
+/// The reference portmap plugin's `backend` key picks the firewall (nftables, iptables, auto)
+/// for the whole chain; a bad value is a config error.
+fn backend_key() -> Result<(), String> {
+    let mut net = Net::new(
+        "bk",
+        "1.0.0",
+        json!({"ipMasq": true, "backend": "iptables"}),
+    )?;
+    let a = net.host.container("a")?;
+    let portmap = our_bin("netloom-portmap")?;
+    let ra = net.call("ADD", "bka", Some(&a), "eth0")?.ok()?;
+    let pm = |backend: &str| {
+        json!({"cniVersion": "1.0.0", "name": net.conf["name"], "type": "netloom-portmap",
+            "backend": backend, "stateDir": net.host.state_dir(),
+            "runtimeConfig": {"portMappings": [{"hostPort": 18333, "containerPort": 80, "protocol": "tcp"}]},
+            "prevResult": ra})
+    };
+    let call = Call {
+        command: "ADD",
+        container_id: "bka",
+        netns: Some(&a),
+        ifname: "eth0",
+        args: "",
+    };
+    run(&net.host, &portmap, &call, &pm("iptables"))?.ok()?;
+    let ipt =
+        String::from_utf8_lossy(&net.host.sh(&["iptables-save", "-t", "nat"])?.stdout).into_owned();
+    ensure(
+        ipt.contains("NETLOOM-DNAT") && ipt.contains("18333"),
+        format!("backend iptables did not publish through iptables:\n{ipt}"),
+    )?;
+    let nft =
+        String::from_utf8_lossy(&net.host.sh_any(&["nft", "list", "ruleset"])?.stdout).into_owned();
+    ensure(
+        !nft.contains("table inet netloom"),
+        format!("backend iptables also wrote nftables:\n{nft}"),
+    )?;
+    let bad = run(&net.host, &portmap, &call, &pm("pf"))?.err_code(7)?;
+    ensure(bad.contains("backend"), format!("bad backend error: {bad}"))?;
+    let del = Call {
+        command: "DEL",
+        ..call.clone()
+    };
+    run(&net.host, &portmap, &del, &pm("iptables"))?.ok()?;
+    net.call("DEL", "bka", Some(&a), "eth0")?.ok()?;
+    let ipt =
+        String::from_utf8_lossy(&net.host.sh(&["iptables-save", "-t", "nat"])?.stdout).into_owned();
+    ensure(
+        !ipt.contains("18333"),
+        format!("published port left in iptables:\n{ipt}"),
     )
 }
 

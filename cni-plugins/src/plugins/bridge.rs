@@ -36,6 +36,9 @@ pub struct BridgeConf {
     pub isolate: bool,
     /// netloom's own: where the state store lives.
     pub state_dir: Option<PathBuf>,
+    /// The firewall backend: nftables, iptables or auto (as the reference portmap plugin's
+    /// key; else `NETLOOM_FIREWALL`). A chain's plugins must agree.
+    pub backend: Option<String>,
 }
 
 /// The plugin.
@@ -99,7 +102,10 @@ impl Parsed {
     }
 
     fn context(&self) -> Result<Context, CniError> {
-        Context::open(state_dir(self.conf.state_dir.clone(), self.own_ipam()))
+        Context::open(
+            state_dir(self.conf.state_dir.clone(), self.own_ipam()),
+            self.conf.backend.clone(),
+        )
     }
 
     fn network_spec(&self, name: &str, subnets: Vec<SubnetConfig>) -> NetworkSpec {

@@ -39,14 +39,22 @@ pub struct Context {
     pub firewall: Option<Arc<dyn Firewaller>>,
 }
 
-/// The firewall backend: `NETLOOM_FIREWALL` (nftables, iptables, auto; default auto).
-fn firewall() -> Result<Arc<dyn Firewaller>, CniError> {
-    let choice = std::env::var("NETLOOM_FIREWALL").unwrap_or_else(|_| "auto".into());
-    let choice: FirewallChoice = choice.parse().map_err(|_| {
-        CniError::invalid_env(format!(
-            "NETLOOM_FIREWALL={choice:?}: use nftables, iptables or auto"
-        ))
-    })?;
+/// The firewall backend: the configuration's `backend` key (the reference portmap plugin's
+/// spelling), else `NETLOOM_FIREWALL`; nftables, iptables or auto (the default).
+fn firewall(backend: Option<&str>) -> Result<Arc<dyn Firewaller>, CniError> {
+    let choice: FirewallChoice = match backend {
+        Some(b) => b.parse().map_err(|_| {
+            CniError::invalid_config(format!("backend {b:?}: use nftables, iptables or auto"))
+        })?,
+        None => {
+            let env = std::env::var("NETLOOM_FIREWALL").unwrap_or_else(|_| "auto".into());
+            env.parse().map_err(|_| {
+                CniError::invalid_env(format!(
+                    "NETLOOM_FIREWALL={env:?}: use nftables, iptables or auto"
+                ))
+            })?
+        }
+    };
     Ok(Arc::from(select(choice, None)?))
 }
 
@@ -58,16 +66,19 @@ pub struct Needs {
     pub firewall: bool,
     /// The namespace the engine treats as the host (macvlan's `linkInContainer`).
     pub host_netns: Option<PathBuf>,
+    /// The configuration's `backend` key, when it has one.
+    pub backend: Option<String>,
 }
 
 impl Context {
-    /// The store, IPAM and an engine with the firewall.
-    pub fn open(dir: PathBuf) -> Result<Self, CniError> {
+    /// The store, IPAM and an engine with the firewall (`backend`: the configuration's key).
+    pub fn open(dir: PathBuf, backend: Option<String>) -> Result<Self, CniError> {
         Self::open_with(
             dir,
             Needs {
                 firewall: true,
                 host_netns: None,
+                backend,
             },
         )
     }
@@ -78,7 +89,7 @@ impl Context {
         let routes: ipam::RouteProvider = Box::new(|| Netlink::connect()?.host_routes());
         let ipam = Arc::new(StoreIpam::new(store.clone(), routes));
         let firewall = if needs.firewall {
-            Some(firewall()?)
+            Some(firewall(needs.backend.as_deref())?)
         } else {
             None
         };

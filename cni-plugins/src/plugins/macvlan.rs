@@ -188,6 +188,7 @@ impl Parsed {
             Needs {
                 firewall: false,
                 host_netns,
+                backend: None,
             },
         )
     }

@@ -25,6 +25,8 @@ struct PortmapConf {
     conditions_v4: Vec<String>,
     conditions_v6: Vec<String>,
     state_dir: Option<PathBuf>,
+    /// nftables, iptables or auto (the reference plugin's key; else `NETLOOM_FIREWALL`).
+    backend: Option<String>,
 }
 
 /// What DEL and GC need, kept in the store: `portmap/<network>/<container id>/<ifname>`.
@@ -48,7 +50,10 @@ fn open(config: &crate::config::NetConf) -> Result<(PortmapConf, Context), CniEr
             "conditionsV4/conditionsV6 are iptables match fragments, which netloom-portmap cannot apply; remove them",
         ));
     }
-    let ctx = Context::open(state_dir(conf.state_dir.clone(), None))?;
+    let ctx = Context::open(
+        state_dir(conf.state_dir.clone(), None),
+        conf.backend.clone(),
+    )?;
     Ok((conf, ctx))
 }
 
