@@ -95,6 +95,7 @@ pub fn run(inv: &Inventory, opts: &Options) -> Report {
         crate::overlay::overlay_mtu(inv),
         crate::overlay::route_conflicts(host),
         crate::overlay::missing_nat(&opts.state_dir, rules.as_ref()),
+        crate::ports::published_ports(&opts.state_dir),
     ];
     checks.sort_by_key(|c| std::cmp::Reverse(c.verdict));
     let verdict = checks

@@ -32,6 +32,7 @@ pub mod lab;
 pub mod nft;
 pub mod nsid;
 pub mod overlay;
+pub mod ports;
 pub mod probe;
 pub mod render;
 pub mod target;

@@ -888,7 +888,7 @@ fn podman_resolve() -> Result<(), String> {
     let _up = start_upstream(&host, UP, false)?;
     let podman = Podman::start(&host, &tests::cni::bin_dir(), &state)?;
     let n = names::next();
-    let net = format!("nldnspod{n}");
+    let net = names::unique("dnspod");
     let subnet = names::subnet_v4();
     let gateway = subnet.nth(1).ok_or("subnet too small")?.to_string();
     let state_s = state.to_string_lossy().into_owned();
@@ -902,7 +902,8 @@ fn podman_resolve() -> Result<(), String> {
                  "ipMasq": true, "stateDir": state_s,
                  "ipam": {"type": "netloom-ipam",
                           "ranges": [[{"subnet": subnet.to_string(), "gateway": gateway}]],
-                          "routes": [{"dst": "0.0.0.0/0"}]}},
+                          "routes": [{"dst": "0.0.0.0/0"}],
+                          "dataDir": host.state_dir().join("cni")}},
                 {"type": "netloom-dns", "capabilities": {"aliases": true},
                  "stateDir": state_s, "upstreams": [UP]}
             ]

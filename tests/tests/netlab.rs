@@ -107,6 +107,11 @@ fn main() {
         doctor_overlay_checks,
     )
     .test(
+        "netlab::doctor_finds_a_published_port_without_nat",
+        &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::Nftables],
+        doctor_published_port,
+    )
+    .test(
         "netlab::topo_dot_renders_with_graphviz",
         &topo,
         topo_dot_renders,
@@ -1530,4 +1535,57 @@ fn topo_dot_renders() -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// A port published by netloom-bridge + netloom-portmap, then `nft flush ruleset`: the doctor's
+/// published_ports check names the publication with no NAT, and is clear before the flush and
+/// once the ports are unpublished.
+fn doctor_published_port() -> Result<(), String> {
+    use serde_json::json;
+    use tests::cni::{our_bin, run, Call};
+    let mut host = FakeHost::new("docpp")?;
+    let c = host.container("c")?;
+    let subnet = names::subnet_v4();
+    let name = names::unique("pp");
+    let bridge = json!({"cniVersion": "1.0.0", "name": name, "type": "netloom-bridge",
+        "bridge": "nlbrpp0", "isGateway": true, "ipMasq": true, "stateDir": host.state_dir(),
+        "ipam": {"type": "netloom-ipam", "ranges": [[{"subnet": subnet.to_string()}]],
+            "dataDir": host.state_dir().join("cni")}});
+    let call = |command| Call {
+        command,
+        container_id: "ppc",
+        netns: Some(&c),
+        ifname: "eth0",
+        args: "",
+    };
+    let r = run(&host, &our_bin("netloom-bridge")?, &call("ADD"), &bridge)?.ok()?;
+    let pm = json!({"cniVersion": "1.0.0", "name": name, "type": "netloom-portmap",
+        "stateDir": host.state_dir(), "prevResult": r,
+        "runtimeConfig": {"portMappings": [{"hostPort": 18444, "containerPort": 80, "protocol": "tcp"}]}});
+    run(&host, &our_bin("netloom-portmap")?, &call("ADD"), &pm)?.ok()?;
+    let doctor = || -> Result<Value, String> {
+        let r = json_of(
+            &netlab_in(&host, &["doctor", "--json", "--no-processes"], &[])?,
+            "doctor",
+        )?;
+        check(&r, "published_ports").cloned()
+    };
+    let c0 = doctor()?;
+    ensure(
+        c0["verdict"] == "ok",
+        format!("published_ports before: {c0}"),
+    )?;
+    host.sh(&["nft", "flush", "ruleset"])?;
+    let c1 = doctor()?;
+    ensure(
+        c1["verdict"] == "fail" && c1["findings"].to_string().contains("portmap"),
+        format!("published_ports after a flush: {c1}"),
+    )?;
+    run(&host, &our_bin("netloom-portmap")?, &call("DEL"), &pm)?.ok()?;
+    run(&host, &our_bin("netloom-bridge")?, &call("DEL"), &bridge)?.ok()?;
+    let c2 = doctor()?;
+    ensure(
+        c2["verdict"] == "ok" && c2["summary"].to_string().contains("no ports"),
+        format!("published_ports once unpublished: {c2}"),
+    )
 }

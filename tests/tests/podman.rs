@@ -43,7 +43,7 @@ fn run_ping_publish_remove() -> Result<(), String> {
     let state = host.state_dir().join("netloom");
     let podman = Podman::start(&host, &cni::bin_dir(), &state)?;
     let n = names::next();
-    let (net, bridge) = (format!("nlpod{n}"), format!("nlbr-p{n}"));
+    let (net, bridge) = (names::unique("pod"), format!("nlbr-p{n}"));
     let subnet = names::subnet_v4();
     let gateway = subnet.nth(1).ok_or("subnet too small")?.to_string();
     // The conflist a podman user would have, with the reference types swapped for ours. The
@@ -66,7 +66,8 @@ fn run_ping_publish_remove() -> Result<(), String> {
                     "ipam": {
                         "type": "netloom-ipam",
                         "ranges": [[{"subnet": subnet.to_string(), "gateway": gateway}]],
-                        "routes": [{"dst": "0.0.0.0/0"}]
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": host.state_dir().join("cni")
                     }
                 },
                 {
