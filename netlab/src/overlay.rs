@@ -6,7 +6,6 @@
 //! in the device's namespace.
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use engine_core::netns::Netns;
@@ -18,67 +17,10 @@ use crate::doctor::{check, Check, Verdict};
 use crate::inventory::{Inventory, NsView};
 use crate::nft::{Match, Pkt, Ruleset};
 
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
-const ETHTOOL_GTXCSUM: u32 = 0x16;
-
 /// VXLAN encapsulation overhead over an IPv4 underlay (outer IP 20 + UDP 8 + VXLAN 8 + inner
 /// Ethernet 14); over IPv6 it is 70.
 const VXLAN_V4_OVERHEAD: u32 = 50;
 const VXLAN_V6_OVERHEAD: u32 = 70;
-
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
-}
-
-#[repr(C)]
-struct IfreqData {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    data: *mut EthtoolValue,
-    _pad: [u8; 16],
-}
-
-/// Whether transmit checksum offload is on for `ifname` in the calling thread's namespace.
-pub fn tx_csum_here(ifname: &str) -> std::io::Result<bool> {
-    // SAFETY: plain socket(2); the result is checked and owned right away.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh descriptor nobody else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    let mut val = EthtoolValue {
-        cmd: ETHTOOL_GTXCSUM,
-        data: 0,
-    };
-    let mut req = IfreqData {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut val,
-        _pad: [0; 16],
-    };
-    for (d, s) in req
-        .name
-        .iter_mut()
-        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: req is a valid ifreq whose data points at `val`, both alive for the call; the
-    // GTXCSUM command only writes `val.data`.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(val.data != 0)
-}
-
-/// The running kernel's (major, minor).
-fn kernel_version() -> Option<(u32, u32)> {
-    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut it = rel.trim().split(['.', '-']);
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
 
 /// flannel#1279: with tx checksum offload on a VXLAN device and the outer packet NATed, kernels
 /// before 5.7 sent VXLAN packets with bad UDP checksums, dropped by the receiver (the
@@ -98,15 +40,9 @@ pub fn vxlan_csum(inv: &Inventory, host_rules: &Ruleset) -> Check {
         let Ok(handle) = Netns::open(&ns.path) else {
             continue;
         };
-        let states = handle
-            .run(|| {
-                vx.iter()
-                    .map(|n| (n.clone(), tx_csum_here(n)))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        for (name, st) in states {
-            if let Ok(true) = st {
+        for name in &vx {
+            // engine-core's read-only ETHTOOL_GTXCSUM, in the device's namespace.
+            if let Ok(true) = engine_core::netlink::ethtool::tx_checksum(Some(&handle), name) {
                 on.push(format!("{}:{name} tx-checksumming on", ns.label));
             }
         }
@@ -118,7 +54,8 @@ pub fn vxlan_csum(inv: &Inventory, host_rules: &Ruleset) -> Check {
             "no VXLAN device has tx checksum offload on",
         );
     }
-    let old_kernel = kernel_version().is_some_and(|v| v < (5, 7));
+    // The same kernel-version test the overlay driver uses to decide its workaround.
+    let old_kernel = engine_core::netlink::ethtool::needs_tx_checksum_workaround();
     let nat = host_rules.has_masquerade();
     let (verdict, why) = match (old_kernel, nat) {
         (true, _) => (

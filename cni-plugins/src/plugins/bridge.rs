@@ -5,14 +5,14 @@ use std::path::PathBuf;
 
 use engine_core::engine::{AttachRequest, SandboxSetup};
 use engine_core::ipam::Ipam;
-use engine_core::model::{NetworkSpec, RouteSpec, Sandbox, SubnetConfig};
+use engine_core::model::{NetworkSpec, Sandbox, SubnetConfig};
 use engine_core::{AttachmentKey, Options};
 use serde::Deserialize;
 
 use crate::error::CniError;
 use crate::plugins::context::{state_dir, Context};
 use crate::plugins::delegate::Delegate;
-use crate::plugins::hostlocal::{first_host, is_builtin, IpamConf};
+use crate::plugins::hostlocal::{first_host, is_builtin, sandbox_routes, IpamConf};
 use crate::plugins::mirror::Mirror;
 use crate::result::CniResult;
 use crate::skel::{GcRequest, Plugin, Request, StatusRequest};
@@ -371,19 +371,7 @@ fn wire_delegated(
         .engine
         .ensure_network(name, &p.network_spec(name, subnets), ctx.overlap())?;
     let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway).collect();
-    let routes = leased
-        .routes
-        .iter()
-        .map(|r| RouteSpec {
-            destination: r.dst,
-            gateway: r.gw.or_else(|| {
-                gateways
-                    .iter()
-                    .copied()
-                    .find(|g| g.is_ipv4() == r.dst.is_ipv4())
-            }),
-        })
-        .collect();
+    let routes = sandbox_routes(&leased.routes, &gateways);
     let attach = AttachRequest {
         network_id: net.id.clone(),
         key: req.key.clone(),

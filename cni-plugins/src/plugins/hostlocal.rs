@@ -90,6 +90,23 @@ fn parse_subnet(s: &str, at: &str) -> Result<IpNetwork, CniError> {
         .map_err(|_| CniError::invalid_config(format!("{at}: subnet {s:?} is not valid")))
 }
 
+/// IPAM routes as sandbox routes: a route without `gw` goes via the gateway of its family, as
+/// the reference plugins configure it (host-local's routes, a delegated plugin's result).
+pub(crate) fn sandbox_routes(routes: &[Route], gateways: &[IpAddr]) -> Vec<RouteSpec> {
+    routes
+        .iter()
+        .map(|r| RouteSpec {
+            destination: r.dst,
+            gateway: r.gw.or_else(|| {
+                gateways
+                    .iter()
+                    .copied()
+                    .find(|g| g.is_ipv4() == r.dst.is_ipv4())
+            }),
+        })
+        .collect()
+}
+
 /// The first host address of a subnet (none for /31, /32, /127, /128).
 pub(crate) fn first_host(subnet: IpNetwork) -> Option<IpAddr> {
     match subnet {
@@ -175,18 +192,7 @@ impl IpamConf {
     /// The IPAM routes as sandbox routes: a route without `gw` goes via the gateway of its
     /// family, as the reference plugins configure it.
     pub fn sandbox_routes(&self, gateways: &[IpAddr]) -> Vec<RouteSpec> {
-        self.routes
-            .iter()
-            .map(|r| RouteSpec {
-                destination: r.dst,
-                gateway: r.gw.or_else(|| {
-                    gateways
-                        .iter()
-                        .copied()
-                        .find(|g| g.is_ipv4() == r.dst.is_ipv4())
-                }),
-            })
-            .collect()
+        sandbox_routes(&self.routes, gateways)
     }
 
     /// The network's subnets, each pointing at the pool of its range set (`pools` in range-set
