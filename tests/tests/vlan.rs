@@ -84,6 +84,11 @@ fn main() {
     )
     .test("vlan::host_shim_host_to_container", MACVLAN, host_shim)
     .test(
+        "vlan::macvlan_with_the_reference_static_ipam",
+        &[Cap::Root, Cap::Veth, Cap::Macvlan, Cap::RefCni],
+        macvlan_static_ipam,
+    )
+    .test(
         "vlan::del_without_netns_gc_status_version",
         MACVLAN,
         del_gc_status_version,
@@ -1458,4 +1463,54 @@ fn dummy_internal_parent() -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// netloom-macvlan under another IPAM plugin (the reference `static` from CNI_PATH): it leases,
+/// netloom wires; the containers and the upstream talk; CHECK and DEL go through the plugin
+/// too; a host shim without an address of its own is refused.
+fn macvlan_static_ipam() -> Result<(), String> {
+    let mut lan = Lan::new("mvst", "netloom-macvlan", json!({"mode": "bridge"}))?;
+    let (a, b) = (lan.host.container("a")?, lan.host.container("b")?);
+    let static_conf = |lan: &Lan, host_part: u32| {
+        let mut c = lan.conf.clone();
+        c["ipam"] = json!({"type": "static",
+            "addresses": [{"address": format!("{}/{}", nth(lan.subnet, host_part), lan.subnet.prefix()),
+                           "gateway": nth(lan.subnet, 1)}],
+            "routes": [{"dst": "0.0.0.0/0"}]});
+        c
+    };
+    let (ca, cb) = (static_conf(&lan, 20), static_conf(&lan, 21));
+    let ra = lan.call_with(&ca, "ADD", "sa", Some(&a), "")?.ok()?;
+    ensure(
+        ip_of(&ra)? == nth(lan.subnet, 20),
+        format!("ADD did not report the static address: {ra}"),
+    )?;
+    lan.call_with(&cb, "ADD", "sb", Some(&b), "")?.ok()?;
+    ping(&a, &nth(lan.subnet, 21))?;
+    ping(&b, &lan.gateway())?;
+    let routes = out_text(&run_in_path(&a, &["ip", "route", "show", "default"])?);
+    ensure(
+        routes.contains(&format!("via {}", lan.gateway())),
+        format!("no default route via the static plugin's gateway: {routes}"),
+    )?;
+    ensure(lan.leases() == 0, "netloom leased addresses itself")?;
+    let mut check = ca.clone();
+    check["prevResult"] = ra;
+    lan.call_with(&check, "CHECK", "sa", Some(&a), "")?.ok()?;
+    let mut shim = ca.clone();
+    shim["hostShim"] = json!(true);
+    let c = lan.host.container("c")?;
+    let err = lan
+        .call_with(&shim, "ADD", "sc", Some(&c), "")?
+        .err_code(7)?;
+    ensure(
+        err.contains("hostShimAddress"),
+        format!("host shim with a delegated IPAM: {err}"),
+    )?;
+    lan.call_with(&ca, "DEL", "sa", Some(&a), "")?.ok()?;
+    lan.call_with(&cb, "DEL", "sb", Some(&b), "")?.ok()?;
+    for ns in [&a, &b] {
+        ensure(link_in(ns, "eth0")?.is_none(), "eth0 left after DEL")?;
+    }
+    ensure(lan.journal() == 0, "journal entries left")
 }

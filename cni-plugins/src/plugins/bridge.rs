@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::error::CniError;
 use crate::plugins::context::{state_dir, Context};
-use crate::plugins::delegate::Delegate;
+use crate::plugins::delegate::{merge_subnets, Delegate};
 use crate::plugins::hostlocal::{first_host, is_builtin, sandbox_routes, IpamConf};
 use crate::plugins::mirror::Mirror;
 use crate::result::CniResult;
@@ -342,31 +342,17 @@ fn wire_delegated(
     leased: &CniResult,
 ) -> Result<CniResult, CniError> {
     let name = &req.config.name;
-    // The network's subnets are those the plugin has handed out so far (a `static` plugin may
-    // give each container its own); they only grow, so earlier containers keep their gateway.
-    let mut subnets: Vec<SubnetConfig> = ctx
+    let existing = ctx
         .engine
         .get_network(name)?
         .map(|n| n.subnets)
         .unwrap_or_default();
     let is_gateway = p.conf.is_gateway || p.conf.is_default_gateway;
-    for ip in &leased.ips {
-        let subnet = ipnetwork::IpNetwork::new(ip.address.network(), ip.address.prefix())
-            .map_err(|e| CniError::invalid_config(format!("address {}: {e}", ip.address)))?;
-        // Without a gateway from the plugin, the bridge takes the subnet's first address, as
-        // the reference plugin computes it.
-        let gateway = ip
-            .gateway
-            .or_else(|| is_gateway.then(|| first_host(subnet)).flatten());
-        match subnets.iter_mut().find(|s| s.subnet == subnet) {
-            Some(s) => s.gateway = s.gateway.or(gateway),
-            None => subnets.push(SubnetConfig {
-                subnet,
-                gateway,
-                pool_id: String::new(),
-            }),
-        }
-    }
+    // Without a gateway from the plugin the bridge takes the subnet's first address, as the
+    // reference plugin computes it.
+    let subnets = merge_subnets(existing, leased, |s| {
+        is_gateway.then(|| first_host(s)).flatten()
+    })?;
     let net = ctx
         .engine
         .ensure_network(name, &p.network_spec(name, subnets), ctx.overlap())?;

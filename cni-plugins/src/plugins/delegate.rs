@@ -112,6 +112,32 @@ impl Delegate {
     }
 }
 
+/// A network's subnets after a delegated plugin's ADD: those it had, plus the subnet of each
+/// address just handed out (a `static` plugin may give each container its own). They only
+/// grow, so earlier containers keep their gateway. Without a gateway from the plugin,
+/// `gateway_default` (a bridge that is the gateway: the subnet's first address) fills it in.
+pub fn merge_subnets(
+    mut subnets: Vec<engine_core::model::SubnetConfig>,
+    leased: &CniResult,
+    gateway_default: impl Fn(ipnetwork::IpNetwork) -> Option<std::net::IpAddr>,
+) -> Result<Vec<engine_core::model::SubnetConfig>, CniError> {
+    for ip in &leased.ips {
+        let subnet = ipnetwork::IpNetwork::new(ip.address.network(), ip.address.prefix())
+            .map_err(|e| CniError::invalid_config(format!("address {}: {e}", ip.address)))?;
+        let gateway = ip.gateway.or_else(|| gateway_default(subnet));
+        match subnets.iter_mut().find(|s| s.subnet == subnet) {
+            Some(s) => s.gateway = s.gateway.or(gateway),
+            // No pool: the engine takes these addresses as they are and never leases them.
+            None => subnets.push(engine_core::model::SubnetConfig {
+                subnet,
+                gateway,
+                pool_id: String::new(),
+            }),
+        }
+    }
+    Ok(subnets)
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

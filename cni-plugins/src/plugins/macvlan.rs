@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use engine_core::engine::{AttachRequest, SandboxSetup};
 use engine_core::ipam::{AddressRequest, Ipam, Release};
-use engine_core::model::{NetworkSpec, Sandbox};
+use engine_core::model::{NetworkSpec, Sandbox, SubnetConfig};
 use engine_core::netlink::Netlink;
 use engine_core::store::LockGuard;
 use engine_core::{AttachmentKey, ErrorKind, Expect, Key, Options, StateStoreExt};
@@ -29,7 +29,8 @@ use drivers::vlan::{names, options as vopt, Kind};
 use crate::error::CniError;
 use crate::plugins::bridge::requested_ips;
 use crate::plugins::context::{state_dir, Context, Needs};
-use crate::plugins::hostlocal::{is_builtin, IpamConf};
+use crate::plugins::delegate::{merge_subnets, Delegate};
+use crate::plugins::hostlocal::{is_builtin, sandbox_routes, IpamConf};
 use crate::plugins::mirror::Mirror;
 use crate::result::CniResult;
 use crate::skel::{GcRequest, Plugin, Request, StatusRequest};
@@ -86,7 +87,10 @@ impl VlanPlugin {
 struct Parsed {
     kind: Kind,
     conf: VlanConf,
+    /// netloom-ipam/host-local keys; empty (no range sets) when another plugin leases.
     ipam: IpamConf,
+    /// Another IPAM plugin's type, run from `CNI_PATH` (see [`super::delegate`]).
+    delegated: Option<String>,
 }
 
 /// Reads and checks the configuration. DEL passes `lenient`: a value ADD would refuse (a
@@ -137,14 +141,35 @@ fn parse(
             "{plugin} needs an \"ipam\" section (type netloom-ipam or host-local)"
         ))
     })?;
-    let ipam = IpamConf::parse(ipam_obj)?;
-    if !is_builtin(&ipam.ipam_type) {
-        return Err(CniError::unsupported_field(format!(
-            "ipam type {:?}: {plugin} runs netloom-ipam and host-local configurations itself; other IPAM plugins are not supported yet",
-            ipam.ipam_type
+    let ipam_type = ipam_obj
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or_default();
+    if is_builtin(ipam_type) {
+        let ipam = IpamConf::parse(ipam_obj)?;
+        return Ok(Parsed {
+            kind,
+            conf,
+            ipam,
+            delegated: None,
+        });
+    }
+    if ipam_type.is_empty() {
+        return Err(CniError::invalid_config(
+            "ipam.type is missing: name an IPAM plugin (netloom-ipam, host-local, dhcp, static…)",
+        ));
+    }
+    if conf.host_shim && conf.host_shim_address.is_none() && !conf.internal {
+        return Err(CniError::invalid_config(format!(
+            "hostShim with IPAM plugin {ipam_type:?}: netloom cannot lease the shim's address from it; give \"hostShimAddress\""
         )));
     }
-    Ok(Parsed { kind, conf, ipam })
+    Ok(Parsed {
+        kind,
+        conf,
+        ipam: IpamConf::none(),
+        delegated: Some(ipam_type.to_string()),
+    })
 }
 
 /// The master when it names an 802.1Q sub-interface (`eth1.50`).
@@ -246,6 +271,7 @@ impl Parsed {
         name: &str,
         pools: &[String],
         shim_addrs: Option<String>,
+        delegated_subnets: Option<Vec<SubnetConfig>>,
     ) -> Result<NetworkSpec, CniError> {
         let c = &self.conf;
         let mut options = Options::new();
@@ -276,7 +302,7 @@ impl Parsed {
         }
         // CNI: routes come from the IPAM section, as with the reference plugins.
         options.insert(vopt::DEFAULT_ROUTE.into(), "false".into());
-        let subnets = self.ipam.subnets(pools);
+        let subnets = delegated_subnets.unwrap_or_else(|| self.ipam.subnets(pools));
         Ok(NetworkSpec {
             name: name.to_string(),
             driver: self.kind.name().into(),
@@ -295,22 +321,42 @@ impl Parsed {
         req: &Request,
         pools: &[String],
         netns: &std::path::Path,
+        leased: Option<&CniResult>,
     ) -> Result<(engine_core::Network, engine_core::engine::Attachment), CniError> {
         let name = &req.config.name;
         let shim_addrs = self.shim_addresses(ctx, pools)?;
-        let spec = self.network_spec(name, pools, shim_addrs)?;
+        let delegated_subnets = match leased {
+            Some(l) => {
+                let existing = ctx
+                    .engine
+                    .get_network(name)?
+                    .map(|n| n.subnets)
+                    .unwrap_or_default();
+                // A macvlan has no gateway of its own: only the plugin's.
+                Some(merge_subnets(existing, l, |_| None)?)
+            }
+            None => None,
+        };
+        let spec = self.network_spec(name, pools, shim_addrs, delegated_subnets)?;
         let net = ctx.engine.ensure_network(name, &spec, ctx.overlap())?;
         let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway).collect();
+        let (static_addresses, extra_routes) = match leased {
+            Some(l) => (
+                l.ips.iter().map(|i| i.address.ip()).collect(),
+                sandbox_routes(&l.routes, &gateways),
+            ),
+            None => (requested_ips(req)?, self.ipam.sandbox_routes(&gateways)),
+        };
         let attach = AttachRequest {
             network_id: net.id.clone(),
             key: req.key.clone(),
             sandbox: SandboxSetup::Configure(Sandbox {
                 netns_path: netns.to_path_buf(),
             }),
-            static_addresses: requested_ips(req)?,
+            static_addresses,
             mac: requested_mac(req, &self.conf),
             ports: Vec::new(),
-            extra_routes: self.ipam.sandbox_routes(&gateways),
+            extra_routes,
             options: Options::new(),
         };
         let a = ctx.engine.attach(&attach)?;
@@ -382,11 +428,25 @@ impl Plugin for VlanPlugin {
         let ctx = p.context(Some(&netns))?;
         let name = &req.config.name;
         let pools = ctx.ensure_pools(name, &p.ipam)?;
+        // Another IPAM plugin leases first; if wiring then fails, it releases again.
+        let delegate = match &p.delegated {
+            Some(t) => Some(Delegate::find(t, &req.cni_path)?),
+            None => None,
+        };
+        let leased = match &delegate {
+            Some(d) => Some(d.add(&req.stdin, req.version)?),
+            None => None,
+        };
         let lock = p.lock(&ctx, name)?;
-        let attached = p.attach(&ctx, req, &pools, &netns);
+        let attached = p.attach(&ctx, req, &pools, &netns, leased.as_ref());
         let (_net, a) = match attached {
             Ok(x) => x,
             Err(e) => {
+                if let Some(d) = &delegate {
+                    if let Err(e2) = d.call("DEL", &req.stdin) {
+                        tracing::warn!(error = %e2.msg, "releasing the delegated lease after a failed ADD");
+                    }
+                }
                 // A network (or a shim lease) this ADD made for nothing is not left behind.
                 let cleanup = match users(&ctx, name) {
                     Ok(0) => p.delete_if_unused(&ctx, name),
@@ -402,6 +462,9 @@ impl Plugin for VlanPlugin {
         set_users(&ctx, name, users(&ctx, name)? + 1)?;
         drop(lock);
         let ips: Vec<IpAddr> = a.endpoint.addresses.iter().map(|n| n.ip()).collect();
+        if let Some(l) = leased {
+            return super::delegated_attachment_result(&a, req, &netns, l.dns);
+        }
         Mirror::new(p.ipam.data_dir.as_deref(), name).add(&req.key, &ips);
         super::attachment_result(&a, req, &netns, &p.ipam)
     }
@@ -432,6 +495,10 @@ impl Plugin for VlanPlugin {
             }
         }
         drop(lock);
+        if let Some(t) = &p.delegated {
+            // The plugin that leased the addresses releases them.
+            return Delegate::find(t, &req.cni_path)?.call("DEL", &req.stdin);
+        }
         Mirror::new(p.ipam.data_dir.as_deref(), name).remove_owner(&req.key);
         Ok(())
     }
@@ -441,6 +508,9 @@ impl Plugin for VlanPlugin {
         let ctx = p.context(req.netns.as_deref())?;
         let drift = ctx.engine.check(&req.config.name, &req.key)?;
         if drift.is_empty() {
+            if let Some(t) = &p.delegated {
+                Delegate::find(t, &req.cni_path)?.call("CHECK", &req.stdin)?;
+            }
             return Ok(());
         }
         let list: Vec<String> = drift.iter().map(|d| d.to_string()).collect();
@@ -478,6 +548,9 @@ impl Plugin for VlanPlugin {
                     "master {m} does not exist on this host"
                 )));
             }
+        }
+        if let Some(t) = &p.delegated {
+            Delegate::find(t, &req.cni_path)?.call("STATUS", &req.stdin)?;
         }
         Ok(())
     }
@@ -525,6 +598,9 @@ impl Plugin for VlanPlugin {
             }
         }
         Mirror::new(p.ipam.data_dir.as_deref(), name).retain(&leased);
+        if let Some(t) = &p.delegated {
+            Delegate::find(t, &req.cni_path)?.call("GC", &req.stdin)?;
+        }
         if let Some(e) = errors.into_iter().next() {
             return Err(e.into());
         }
