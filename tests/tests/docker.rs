@@ -467,8 +467,10 @@ fn firewall_flush_repaired() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(25));
     }
     let took = back.ok_or("rules not restored within 5 s of `nft flush ruleset`")?;
-    // The guard polls every 250 ms; a second leaves room for a loaded machine.
-    ensure(took < Duration::from_millis(1500), || {
+    // The guard polls every 250 ms (about 0.3 s here); CI runs many tests at once on two
+    // cores, so the bound leaves room for a loaded machine.
+    eprintln!("firewall guard restored the rules {took:?} after the flush");
+    ensure(took < Duration::from_secs(3), || {
         format!("rules restored only after {took:?}")
     })?;
     let (_, metrics) = d.admin_get("/metrics")?;
