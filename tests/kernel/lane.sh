@@ -36,8 +36,9 @@ cd /tmp
 '$testbin' '$filter' --test-threads=2
 JOB
 
-# libgcc_s is the one library of a Rust binary that the base image lacks.
-exec "$here/run-in-kernel.sh" -c 2 -M 1536M -t "${NETLOOM_LANE_TIMEOUT:-420}" \
+# libgcc_s is the one library of a Rust binary that the base image lacks. Not `exec`: the
+# EXIT trap must still run to remove the job file.
+"$here/run-in-kernel.sh" -c 2 -M 1536M -t "${NETLOOM_LANE_TIMEOUT:-420}" \
   -s "$target:$target" -f /lib/x86_64-linux-gnu/libgcc_s.so.1 \
   -e NETLOOM_KERNEL_LANE=1 -e NETLOOM_TEST_STRICT=1 -e RUST_BACKTRACE=1 \
   "$job"
