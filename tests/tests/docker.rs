@@ -911,6 +911,27 @@ fn traffic_isolation_internal() -> Result<(), String> {
     // Two netloom networks are isolated from each other.
     ping_fails(&env, "a1", &b1)?;
     ping_fails(&env, "b1", &a2)?;
+    // netlab enters a Docker container by name (through the Docker API) and sees its address.
+    let netlab = tests::cni::our_bin("netlab")?;
+    let out = std::process::Command::new(&netlab)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", env.dockerd.sock.display()),
+        )
+        .args(["exec", "a2", "--", "ip", "-o", "-4", "addr", "show"])
+        .output()
+        .map_err(|e| format!("run netlab: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure(
+        out.status.success() && text.contains(&format!("{a2}/")),
+        || {
+            format!(
+                "netlab exec a2 did not run inside the container ({}): {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        },
+    )?;
     // --internal: no default route, no way out.
     let routes = env.exec("i1", &["ip", "route"])?;
     ensure(!routes.contains("default"), || {
