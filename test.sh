@@ -89,7 +89,7 @@ lane_filter="kernel::"
 if [ "${#filter[@]}" -gt 0 ]; then
     case "vlan::kernel::" in
         *"${filter[0]}"*) ;;
-        *) case "${filter[0]}" in vlan::kernel::*) lane_filter="${filter[0]}" ;; *) lane_filter="" ;; esac ;;
+        *) case "${filter[0]}" in vlan::kernel::*|cni::kernel::*) lane_filter="${filter[0]}" ;; *) lane_filter="" ;; esac ;;
     esac
 fi
 if [ -n "$lane_filter" ]; then

@@ -495,6 +495,23 @@ impl Engine {
             })?;
             fw.add_endpoint(&rules, &ep_rules)?;
         }
+        if wants_spoofcheck(&net) {
+            let (Some(fw), Some(rules)) = (&self.firewall, network_rules(&net)) else {
+                return Err(Error::Unsupported(format!(
+                    "network {} asks for macspoofchk but netloom runs without a firewall backend here; remove macspoofchk rather than run unprotected",
+                    net.name
+                )));
+            };
+            let sc = spoof_check(&net, &endpoint)?;
+            op.record(UndoStep::Custom {
+                kind: "firewall-spoofcheck".into(),
+                data: serde_json::json!({ "network_id": net.id, "owner": sc.owner }),
+            })?;
+            fw.add_spoofcheck(&rules, &sc)?;
+            // Remembered on the endpoint, so its DEL removes the check even if the network's
+            // configuration no longer asks for one by then.
+            endpoint.options.insert(SPOOFCHECKED.into(), "true".into());
+        }
         endpoint.sandbox = sandbox;
         let key = endpoint_key(&net.id, &req.key);
         op.record(UndoStep::RestoreKey {
@@ -570,6 +587,12 @@ impl Engine {
                 errors.push(e);
             }
         }
+        let checked = ep.options.get(SPOOFCHECKED).is_some_and(|v| v == "true");
+        if let (Some(fw), true) = (&self.firewall, checked || wants_spoofcheck(&net)) {
+            if let Err(e) = fw.del_spoofcheck(&net.id, &key.owner()) {
+                errors.push(e);
+            }
+        }
         if let Err(e) = driver.leave(&mut op, &net, &ep) {
             errors.push(e);
         }
@@ -634,6 +657,9 @@ impl Engine {
         if let (Some(fw), Some(rules)) = (&self.firewall, network_rules(&net)) {
             drift.extend(fw.check(&rules, &[endpoint_rules(&net, &ep)])?);
         }
+        if let (Some(fw), true) = (&self.firewall, wants_spoofcheck(&net)) {
+            drift.extend(fw.check_spoofcheck(&spoof_check(&net, &ep)?)?);
+        }
         Ok(drift)
     }
 
@@ -697,7 +723,13 @@ fn join_addrs(a: &[IpNetwork]) -> String {
 /// The firewall's view of a network; None for networks with no host-side interface to filter on
 /// (host, none).
 pub fn network_rules(net: &Network) -> Option<NetworkRules> {
-    let interface = net.options.get("bridge").cloned()?;
+    // Routed traffic enters and leaves by the gateway's interface: the bridge, unless the
+    // driver put the gateway elsewhere (a VLAN network's gateway port).
+    let interface = net
+        .options
+        .get("gateway_interface")
+        .or_else(|| net.options.get("bridge"))
+        .cloned()?;
     let flag = |k: &str, default: bool| net.options.get(k).map(|v| v == "true").unwrap_or(default);
     Some(NetworkRules {
         network_id: net.id.clone(),
@@ -708,6 +740,40 @@ pub fn network_rules(net: &Network) -> Option<NetworkRules> {
         internal: net.internal,
         isolate: flag("isolate", true),
         open_inbound: flag("open_inbound", false),
+    })
+}
+
+/// The endpoint option that says a MAC spoof check was installed for it.
+const SPOOFCHECKED: &str = "macspoofchk";
+
+/// Whether the network drops frames with a forged source MAC (CNI `macspoofchk`).
+fn wants_spoofcheck(net: &Network) -> bool {
+    net.options.get("macspoofchk").is_some_and(|v| v == "true")
+}
+
+/// The spoof check of an attached endpoint: its host port and the MAC the sandbox has.
+fn spoof_check(net: &Network, ep: &Endpoint) -> Result<crate::firewall::SpoofCheck> {
+    let port = ep.host_ifname.clone().ok_or_else(|| {
+        Error::Unsupported(format!(
+            "macspoofchk on network {}: endpoint {} has no host-side port to check",
+            net.name, ep.key
+        ))
+    })?;
+    let mac: crate::netlink::MacAddr = ep
+        .mac
+        .as_deref()
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "macspoofchk on network {}: the MAC of endpoint {} is not known when it is attached (ask for one)",
+                net.name, ep.key
+            ))
+        })?
+        .parse()?;
+    Ok(crate::firewall::SpoofCheck {
+        network_id: net.id.clone(),
+        owner: ep.key.owner(),
+        port,
+        mac: mac.octets(),
     })
 }
 
@@ -750,6 +816,13 @@ impl Undoer for EngineUndoer {
                 let (net, ep): (NetworkRules, EndpointRules) = serde_json::from_value(data.clone())
                     .map_err(|e| Error::json("decode firewall undo step", e))?;
                 fw.del_endpoint(&net, &ep)
+            }
+            UndoStep::Custom { kind, data } if kind == "firewall-spoofcheck" => {
+                let Some(fw) = &self.firewall else {
+                    return Ok(());
+                };
+                let field = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+                fw.del_spoofcheck(field("network_id"), field("owner"))
             }
             other => Err(Error::Unsupported(format!("no undoer for step: {other}"))),
         }

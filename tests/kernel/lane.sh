@@ -4,7 +4,7 @@
 # QEMU, in ONE boot, and prints their libtest output (ok / FAILED / ignored per test) as the
 # rest of the suite does. Exit status: the tests' (124: time limit, 125: the guest died).
 #
-#   tests/kernel/lane.sh [FILTER]      default FILTER: kernel:: (the vlan suite's kernel tests)
+#   tests/kernel/lane.sh [FILTER]      default FILTER: kernel:: (the vlan and cni suites' kernel tests)
 #
 # Needs root and the packages `run-in-kernel.sh --install-deps` installs (./test.sh does that).
 # The kernel comes from RUN_IN_KERNEL_ROOT (default /var/tmp/kroot: an unpacked
@@ -21,9 +21,15 @@ export CARGO_TERM_COLOR=never
 # with the features ./test.sh's `cargo test` uses, so after it this rebuilds nothing.
 features=(--features "${NETLOOM_LANE_FEATURES:-engine-core/root-tests}")
 cargo build -q -p cni-plugins --bins "${features[@]}"
-testbin=$(cargo test -q -p tests --test vlan --no-run --message-format=json "${features[@]}" 2>/dev/null \
-  | grep -o '"executable":"[^"]*/vlan-[^"]*"' | cut -d'"' -f4 | tail -n 1)
-[[ -x $testbin ]] || { echo "lane: cannot find the vlan test binary" >&2; exit 1; }
+# The suites with kernel:: tests: vlan (macvlan/ipvlan/802.1Q) and cni (bridge VLAN filtering).
+testbins=()
+for suite in vlan cni; do
+  bin=$(cargo test -q -p tests --test "$suite" --no-run --message-format=json "${features[@]}" 2>/dev/null \
+    | grep -o "\"executable\":\"[^\"]*/$suite-[^\"]*\"" | cut -d'"' -f4 | tail -n 1)
+  [[ -x $bin ]] || { echo "lane: cannot find the $suite test binary" >&2; exit 1; }
+  testbins+=("$bin")
+done
+testbin=${testbins[0]}
 target=$(cd "$(dirname "$testbin")/../.." && pwd)
 
 job=$(mktemp "${TMPDIR:-/tmp}/netloom-lane.XXXXXX")
@@ -33,7 +39,12 @@ cat >"$job" <<JOB
 echo "lane: kernel \$(uname -r), \$(nproc) cpu"
 cd /tmp
 # Two test threads: the guest has two CPUs, and most of each test is waiting on the kernel.
-'$testbin' '$filter' --test-threads=2
+# Every suite runs; the lane fails if any did.
+rc=0
+for t in ${testbins[*]}; do
+  "\$t" '$filter' --test-threads=2 || rc=\$?
+done
+exit \$rc
 JOB
 
 # libgcc_s is the one library of a Rust binary that the base image lacks. Not `exec`: the

@@ -18,6 +18,8 @@ pub enum Cap {
     Macvlan,
     Ipvlan,
     Vlan,
+    /// Bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING, which needs 802.1Q).
+    BridgeVlan,
     Dummy,
     Dockerd,
     /// Debian's podman (4.3, CNI network backend) with runc, driving our CNI plugins.
@@ -33,7 +35,7 @@ impl Cap {
     /// this kernel; their tests run in the QEMU kernel lane. ./test.sh installs dockerd and
     /// etcd (etcd-server).
     pub fn expected_in_ci(self) -> bool {
-        !matches!(self, Cap::Ipvlan | Cap::Vlan | Cap::Dummy)
+        !matches!(self, Cap::Ipvlan | Cap::Vlan | Cap::BridgeVlan | Cap::Dummy)
     }
 }
 
@@ -98,6 +100,7 @@ impl Caps {
             (Cap::Macvlan, "macvlan"),
             (Cap::Ipvlan, "ipvlan"),
             (Cap::Vlan, "vlan"),
+            (Cap::BridgeVlan, "bridge-vlan"),
             (Cap::Dummy, "dummy"),
         ] {
             let r = match &ns {
@@ -178,6 +181,15 @@ fn probe_link(ns: &Netns, kind: &str) -> Result<(), String> {
     let args: Vec<&str> = match kind {
         "veth" => vec!["link", "add", "p0", "type", "veth", "peer", "name", "p1"],
         "bridge" => vec!["link", "add", "pb", "type", "bridge"],
+        "bridge-vlan" => vec![
+            "link",
+            "add",
+            "pbv",
+            "type",
+            "bridge",
+            "vlan_filtering",
+            "1",
+        ],
         "vxlan" => vec![
             "link", "add", "pvx", "type", "vxlan", "id", "42", "dstport", "4789",
         ],

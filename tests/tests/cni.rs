@@ -82,6 +82,33 @@ fn main() {
         &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::RefCni],
         delegated_ipam_static,
     );
+    s.test(
+        "cni::macspoofchk_drops_forged_source_macs",
+        &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::Nftables],
+        macspoofchk,
+    )
+    .test(
+        "cni::macspoofchk_refused_by_the_iptables_backend",
+        &[Cap::Root, Cap::Veth, Cap::Bridge, Cap::Iptables],
+        macspoofchk_iptables,
+    )
+    .test(
+        "cni::bridge_vlan_config_errors_and_kernel_refusal",
+        NET,
+        bridge_vlan_errors,
+    )
+    // Bridge VLAN filtering needs 802.1Q support, which this machine's kernel lacks: these run
+    // in the QEMU kernel lane (tests/kernel/lane.sh), where a missing capability is a failure.
+    .test(
+        "cni::kernel::bridge_vlan_isolates_vlans_on_one_bridge",
+        lane_caps(&[Cap::Root, Cap::Veth, Cap::Bridge, Cap::BridgeVlan]),
+        bridge_vlan_isolation,
+    )
+    .test(
+        "cni::kernel::bridge_vlan_gateway_port_and_check",
+        lane_caps(&[Cap::Root, Cap::Veth, Cap::Bridge, Cap::BridgeVlan]),
+        bridge_vlan_gateway,
+    );
     run_main(s)
 }
 
@@ -1070,4 +1097,396 @@ fn outside(host: &mut FakeHost, net24: &str) -> Result<PathBuf, String> {
     )?;
     run_in_path(&out, &["ip", "link", "set", "peer0", "up"])?;
     Ok(out)
+}
+
+// ------------------------------------------------------------------ macspoofchk and vlan
+
+/// Whether this run is the QEMU kernel lane (tests/kernel/lane.sh sets NETLOOM_KERNEL_LANE=1).
+fn in_lane() -> bool {
+    std::env::var("NETLOOM_KERNEL_LANE").is_ok_and(|v| v == "1")
+}
+
+/// In the kernel lane every capability a lane test names must be there: only root is asked
+/// for, so a missing one fails the test instead of skipping it.
+fn lane_caps(caps: &'static [Cap]) -> &'static [Cap] {
+    if in_lane() {
+        &[Cap::Root]
+    } else {
+        caps
+    }
+}
+
+fn first_ip(r: &Value) -> String {
+    r["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn no_ping(from: &Path, to: &str) -> Result<(), String> {
+    match run_in_path(from, &["ping", "-c", "2", "-W", "1", to]) {
+        Ok(_) => Err(format!("{to} answered but should not be reachable")),
+        Err(_) => Ok(()),
+    }
+}
+
+fn text(o: std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The host veth of a container: the bridge port whose peer is the container's eth0.
+fn host_port(net: &Net, c: &Path) -> Result<String, String> {
+    let out = text(run_in_path(c, &["ip", "-o", "link", "show", "eth0"])?);
+    // "2: eth0@if17: ..." → the peer's ifindex in the host.
+    let idx = out
+        .split("@if")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .ok_or_else(|| format!("no peer index in {out:?}"))?
+        .to_string();
+    let links = text(net.host.sh(&["ip", "-o", "link", "show"])?);
+    links
+        .lines()
+        .find(|l| l.starts_with(&format!("{idx}: ")))
+        .and_then(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .ok_or_else(|| format!("no host link with index {idx}"))
+}
+
+fn spoof_table(net: &Net) -> Result<String, String> {
+    Ok(text(
+        net.host
+            .sh_any(&["nft", "list", "table", "bridge", "netloom"])?,
+    ))
+}
+
+/// The packets the spoof check rule dropped so far.
+fn spoof_drops(net: &Net) -> Result<u64, String> {
+    let t = text(
+        net.host
+            .sh(&["nft", "list", "chain", "bridge", "netloom", "spoofchk"])?,
+    );
+    t.split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no counter in the spoofchk chain:\n{t}"))
+}
+
+/// `macspoofchk: true`: a container that changes its MAC (a real forged source address on
+/// every frame it sends) is cut off at the bridge, normal traffic passes, CHECK verifies the
+/// entries, DEL and GC remove them; a network without it adds no hook at all.
+fn macspoofchk() -> Result<(), String> {
+    let mut net = Net::new("spoof", "1.1.0", json!({"macspoofchk": true}))?;
+    // Control: a network without macspoofchk on the same host leaves no trace of it.
+    let mut plain = net.conf.clone();
+    plain["name"] = json!(names::unique("plain"));
+    plain["bridge"] = json!("nlbr1");
+    plain.as_object_mut().map(|o| o.remove("macspoofchk"));
+    plain["ipam"]["ranges"] = json!([[{"subnet": names::subnet_v4().to_string()}]]);
+    let p = net.host.container("p")?;
+    let pcall = Call {
+        command: "ADD",
+        container_id: "plain",
+        netns: Some(&p),
+        ifname: "eth0",
+        args: "",
+    };
+    run(&net.host, &our_bin("netloom-bridge")?, &pcall, &plain)?.ok()?;
+    let t = spoof_table(&net)?;
+    ensure(
+        !t.contains("spoofchk"),
+        format!("a network without macspoofchk added the spoof check:\n{t}"),
+    )?;
+
+    let a = net.host.container("a")?;
+    let b = net.host.container("b")?;
+    let ra = net.call("ADD", "sa", Some(&a), "eth0")?.ok()?;
+    let rb = net.call("ADD", "sb", Some(&b), "eth0")?.ok()?;
+    let (ipa, ipb) = (first_ip(&ra), first_ip(&rb));
+    let (pa, pb) = (host_port(&net, &a)?, host_port(&net, &b)?);
+    let mac_a = ra["interfaces"]
+        .as_array()
+        .and_then(|l| l.iter().find(|i| i["sandbox"].is_string()))
+        .and_then(|i| i["mac"].as_str())
+        .ok_or("no container interface in the ADD result")?
+        .to_string();
+    let t = spoof_table(&net)?;
+    ensure(
+        t.contains(&format!("\"{pa}\" . {mac_a}")) && t.contains(&format!("\"{pb}\" . ")),
+        format!("spoof check elements missing for {pa} ({mac_a}) / {pb}:\n{t}"),
+    )?;
+    // Normal traffic passes.
+    ping(&a, &ipb)?;
+    ping(&b, &ipa)?;
+    ping(&a, &net.gateway())?;
+    net.call("CHECK", "sa", Some(&a), "eth0")?.ok()?;
+    let before = spoof_drops(&net)?;
+
+    // The container forges its source MAC: everything it sends now carries another address.
+    let forged = "02:de:ad:be:ef:01";
+    run_in_path(&a, &["ip", "link", "set", "eth0", "down"])?;
+    run_in_path(&a, &["ip", "link", "set", "eth0", "address", forged])?;
+    run_in_path(&a, &["ip", "link", "set", "eth0", "up"])?;
+    run_in_path(&a, &["ip", "neigh", "flush", "dev", "eth0"])?;
+    net.host.sh(&["ip", "neigh", "flush", "all"])?;
+    no_ping(&a, &ipb)?;
+    no_ping(&a, &net.gateway())?;
+    let after = spoof_drops(&net)?;
+    ensure(
+        after > before,
+        format!("the spoof check counted no drop ({before} → {after})"),
+    )?;
+    // The other container is unaffected by its neighbour's forgery.
+    ping(&b, &net.gateway())?;
+    // Its own address back: traffic flows again.
+    run_in_path(&a, &["ip", "link", "set", "eth0", "address", &mac_a])?;
+    run_in_path(&a, &["ip", "neigh", "flush", "dev", "eth0"])?;
+    ping(&a, &ipb)?;
+
+    // CHECK sees a spoof check entry removed behind its back.
+    net.host.sh(&[
+        "nft",
+        "delete",
+        "element",
+        "bridge",
+        "netloom",
+        "spoofchk_macs",
+        &format!("{{ \"{pa}\" . {mac_a} }}"),
+    ])?;
+    let msg = net.call("CHECK", "sa", Some(&a), "eth0")?.err_code(102)?;
+    ensure(
+        msg.contains("spoofchk_macs"),
+        format!("CHECK did not name the missing spoof check entry: {msg}"),
+    )?;
+    net.call("CHECK", "sb", Some(&b), "eth0")?.ok()?;
+
+    // DEL removes the container's entries, GC those of a stale one.
+    net.call("DEL", "sa", Some(&a), "eth0")?.ok()?;
+    let c = net.host.container("c")?;
+    net.call("ADD", "sc", Some(&c), "eth0")?.ok()?;
+    let pc = host_port(&net, &c)?;
+    let mut conf = net.conf.clone();
+    conf["cni.dev/valid-attachments"] = json!([{"containerID": "sb", "ifname": "eth0"}]);
+    let gc = Call {
+        command: "GC",
+        ..Default::default()
+    };
+    run(&net.host, &our_bin("netloom-bridge")?, &gc, &conf)?.ok()?;
+    let t = spoof_table(&net)?;
+    ensure(
+        !t.contains(&pa) && !t.contains(&pc) && t.contains(&pb),
+        format!("after DEL of {pa} and GC of {pc}, only {pb} should be checked:\n{t}"),
+    )?;
+    net.call("DEL", "sb", Some(&b), "eth0")?.ok()?;
+    let t = spoof_table(&net)?;
+    ensure(
+        !t.contains("ep=s"),
+        format!("spoof check entries left after the last DEL:\n{t}"),
+    )?;
+    let del = Call {
+        command: "DEL",
+        ..pcall
+    };
+    run(&net.host, &our_bin("netloom-bridge")?, &del, &plain)?.ok()?;
+    ensure(net.leases() == 0, "leases left")
+}
+
+/// The iptables backend has no layer-2 filtering: macspoofchk is refused, clearly, and the
+/// failed ADD leaves nothing.
+fn macspoofchk_iptables() -> Result<(), String> {
+    let mut net = Net::new(
+        "spoofipt",
+        "1.0.0",
+        json!({"macspoofchk": true, "backend": "iptables"}),
+    )?;
+    let a = net.host.container("a")?;
+    let msg = net.call("ADD", "ia", Some(&a), "eth0")?.err_code(2)?;
+    ensure(
+        msg.contains("macspoofchk") && msg.contains("nftables"),
+        format!("refusal does not say why: {msg}"),
+    )?;
+    ensure(
+        net.ports()? == 0 && net.leases() == 0,
+        "the refused ADD left a port or a lease",
+    )?;
+    ensure(
+        run_in_path(&a, &["ip", "link", "show", "eth0"]).is_err(),
+        "the refused ADD left eth0 in the container",
+    )?;
+    net.call("DEL", "ia", Some(&a), "eth0")?.ok()?;
+    Ok(())
+}
+
+/// Bad VLAN settings are invalid configuration (7); on a kernel without bridge VLAN filtering
+/// a VLAN is refused as unsupported (2) with the reason, leaving nothing behind.
+fn bridge_vlan_errors() -> Result<(), String> {
+    let mut net = Net::new("vlerr", "1.0.0", json!({}))?;
+    let a = net.host.container("a")?;
+    for (extra, want) in [
+        (json!({"vlan": 4095}), "4094"),
+        (json!({"vlan": -1}), "4094"),
+        (json!({"vlan": 5, "vlanTrunk": [{"id": 7}]}), "together"),
+        (json!({"vlanTrunk": [{"minID": 10}]}), "together"),
+        (
+            json!({"vlanTrunk": [{"minID": 20, "maxID": 10}]}),
+            "greater",
+        ),
+        (json!({"vlanTrunk": [{"id": 0}]}), "out of range"),
+    ] {
+        let mut conf = net.conf.clone();
+        merge(&mut conf, extra.clone());
+        let call = Call {
+            command: "ADD",
+            container_id: "ve",
+            netns: Some(&a),
+            ifname: "eth0",
+            args: "",
+        };
+        let msg = run(&net.host, &our_bin("netloom-bridge")?, &call, &conf)?.err_code(7)?;
+        ensure(msg.contains(want), format!("{extra}: message {msg:?}"))?;
+    }
+    if tests::Caps::get().has(Cap::BridgeVlan) {
+        // This kernel tags ports (the kernel lane tests the behaviour); the refusal below
+        // cannot happen here.
+        return Ok(());
+    }
+    net.conf["vlan"] = json!(10);
+    let msg = net.call("ADD", "va", Some(&a), "eth0")?.err_code(2)?;
+    ensure(
+        msg.contains("VLAN filtering") && msg.contains("vlan"),
+        format!("refusal does not say why: {msg}"),
+    )?;
+    ensure(
+        net.host
+            .sh_any(&["ip", "link", "show", &net.bridge])?
+            .status
+            .code()
+            != Some(0),
+        "the refused ADD left the bridge it created",
+    )?;
+    ensure(net.leases() == 0, "the refused ADD left a lease")?;
+    net.call("DEL", "va", Some(&a), "eth0")?.ok()?;
+    Ok(())
+}
+
+/// `bridge vlan show dev <port>` as text.
+fn port_vlans(net: &Net, port: &str) -> Result<String, String> {
+    Ok(text(net.host.sh(&["bridge", "vlan", "show", "dev", port])?))
+}
+
+/// Two networks on one bridge, VLANs 10 and 20, sharing a subnet (L2 only, addresses from
+/// disjoint ranges): containers of the same VLAN talk, of different VLANs do not.
+fn bridge_vlan_isolation() -> Result<(), String> {
+    let mut host = FakeHost::new("vliso")?;
+    let subnet = names::subnet_v4();
+    let base = u32::from(subnet.network());
+    let at = |n: u32| std::net::Ipv4Addr::from(base + n).to_string();
+    let conf = |vlan: u16, lo: u32, hi: u32, host: &FakeHost| {
+        json!({
+            "cniVersion": "1.0.0", "name": names::unique(&format!("vl{vlan}")),
+            "type": "netloom-bridge", "bridge": "nlbrv", "vlan": vlan,
+            "ipam": {"type": "netloom-ipam", "ranges": [[{"subnet": subnet.to_string(),
+                "rangeStart": at(lo), "rangeEnd": at(hi)}]],
+                "dataDir": host.state_dir().join("cni")},
+            "stateDir": host.state_dir(),
+        })
+    };
+    let (c10, c20) = (conf(10, 10, 19, &host), conf(20, 20, 29, &host));
+    let bin = our_bin("netloom-bridge")?;
+    let a1 = host.container("a1")?;
+    let a2 = host.container("a2")?;
+    let b1 = host.container("b1")?;
+    let call = |cmd: &'static str, cid: &'static str, ns: &PathBuf, conf: &Value| {
+        let c = Call {
+            command: cmd,
+            container_id: cid,
+            netns: Some(ns.as_path()),
+            ifname: "eth0",
+            args: "",
+        };
+        run(&host, &bin, &c, conf)
+    };
+    let r1 = call("ADD", "a1", &a1, &c10)?.ok()?;
+    let r2 = call("ADD", "a2", &a2, &c10)?.ok()?;
+    let r3 = call("ADD", "b1", &b1, &c20)?.ok()?;
+    let (ip1, ip2, ip3) = (first_ip(&r1), first_ip(&r2), first_ip(&r3));
+    let filtering = text(host.sh(&["ip", "-d", "link", "show", "nlbrv"])?);
+    ensure(
+        filtering.contains("vlan_filtering 1"),
+        format!("vlan_filtering is not on:\n{filtering}"),
+    )?;
+    ping(&a1, &ip2)?;
+    ping(&a2, &ip1)?;
+    no_ping(&a1, &ip3)?;
+    no_ping(&b1, &ip1)?;
+    no_ping(&b1, &ip2)?;
+    // Each port: its VLAN as PVID, untagged (the container never sees a tag).
+    let ports = text(host.sh(&["bridge", "-d", "vlan", "show"])?);
+    ensure(
+        ports.contains("10 PVID Egress Untagged") && ports.contains("20 PVID Egress Untagged"),
+        format!("ports lack their PVIDs:\n{ports}"),
+    )?;
+    call("CHECK", "a1", &a1, &c10)?.ok()?;
+    for (cid, ns, conf) in [("a1", &a1, &c10), ("a2", &a2, &c10), ("b1", &b1, &c20)] {
+        call("DEL", cid, ns, conf)?.ok()?;
+    }
+    let left = text(host.sh(&["ip", "-o", "link", "show", "master", "nlbrv"])?);
+    ensure(left.trim().is_empty(), format!("ports left:\n{left}"))?;
+    Ok(())
+}
+
+/// A VLAN network with a gateway: the gateway lives on `<bridge>.<vid>` (a veth whose bridge
+/// end is an access port of the VLAN), the container reaches it and, masqueraded, the outside;
+/// CHECK reports a port that lost its VLAN; `preserveDefaultVlan: false` takes VLAN 1 off.
+fn bridge_vlan_gateway() -> Result<(), String> {
+    let mut net = Net::new(
+        "vlgw",
+        "1.0.0",
+        json!({"vlan": 30, "ipMasq": true, "preserveDefaultVlan": false}),
+    )?;
+    let a = net.host.container("a")?;
+    let b = net.host.container("b")?;
+    let ra = net.call("ADD", "ga", Some(&a), "eth0")?.ok()?;
+    net.call("ADD", "gb", Some(&b), "eth0")?.ok()?;
+    let gw_if = format!("{}.30", net.bridge);
+    let addrs = text(net.host.sh(&["ip", "-o", "addr", "show", "dev", &gw_if])?);
+    ensure(
+        addrs.contains(&format!("inet {}/", net.gateway())),
+        format!("gateway address not on {gw_if}:\n{addrs}"),
+    )?;
+    let br_addrs = text(
+        net.host
+            .sh(&["ip", "-o", "-4", "addr", "show", "dev", &net.bridge])?,
+    );
+    ensure(
+        br_addrs.trim().is_empty(),
+        format!("the bridge itself has an address:\n{br_addrs}"),
+    )?;
+    ping(&a, &net.gateway())?;
+    ping(&b, &first_ip(&ra))?;
+    outside(&mut net.host, "198.18.9")?;
+    ping(&a, "198.18.9.2")?;
+    let pa = host_port(&net, &a)?;
+    let v = port_vlans(&net, &pa)?;
+    ensure(
+        v.contains("30 PVID Egress Untagged") && !v.contains(" 1 "),
+        format!("port {pa} vlans (want 30 only, PVID untagged):\n{v}"),
+    )?;
+    net.call("CHECK", "ga", Some(&a), "eth0")?.ok()?;
+    net.host
+        .sh(&["bridge", "vlan", "del", "dev", &pa, "vid", "30"])?;
+    let msg = net.call("CHECK", "ga", Some(&a), "eth0")?.err_code(102)?;
+    ensure(
+        msg.contains("vlan 30"),
+        format!("CHECK did not report the lost VLAN: {msg}"),
+    )?;
+    no_ping(&a, &net.gateway())?;
+    net.call("DEL", "ga", Some(&a), "eth0")?.ok()?;
+    net.call("DEL", "gb", Some(&b), "eth0")?.ok()?;
+    ensure(net.leases() == 0, "leases left")?;
+    Ok(())
 }

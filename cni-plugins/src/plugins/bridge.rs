@@ -29,7 +29,13 @@ pub struct BridgeConf {
     pub mtu: Option<u32>,
     pub hairpin_mode: bool,
     pub promisc_mode: bool,
-    pub vlan: Option<u16>,
+    /// The access VLAN of every container port (0 or absent: none). Wide, so an out-of-range
+    /// value gets a clear "invalid config" rather than a decode error.
+    pub vlan: Option<i64>,
+    /// Tagged VLANs of every container port.
+    pub vlan_trunk: Option<Vec<VlanTrunk>>,
+    /// Keep the bridge's default VLAN on the ports (default true, as the reference plugin).
+    pub preserve_default_vlan: Option<bool>,
     pub macspoofchk: bool,
     /// netloom's own: keep this network apart from other netloom networks (off by default,
     /// as with the reference plugin).
@@ -39,6 +45,54 @@ pub struct BridgeConf {
     /// The firewall backend: nftables, iptables or auto (as the reference portmap plugin's
     /// key; else `NETLOOM_FIREWALL`). A chain's plugins must agree.
     pub backend: Option<String>,
+}
+
+/// One `vlanTrunk` entry: a single `id`, or a `minID`..`maxID` range (or both).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct VlanTrunk {
+    #[serde(rename = "minID")]
+    pub min_id: Option<i64>,
+    #[serde(rename = "maxID")]
+    pub max_id: Option<i64>,
+    pub id: Option<i64>,
+}
+
+/// `vlanTrunk` as the driver's `vlan_trunk` option (`10,20-30`), checked as the reference
+/// plugin checks it.
+fn trunk_option(trunk: &[VlanTrunk]) -> Result<String, CniError> {
+    let vid = |what: &str, v: i64| -> Result<i64, CniError> {
+        if (1..=4094).contains(&v) {
+            Ok(v)
+        } else {
+            Err(CniError::invalid_config(format!(
+                "vlanTrunk {what} {v} is out of range (1-4094)"
+            )))
+        }
+    };
+    let mut parts = Vec::new();
+    for t in trunk {
+        match (t.min_id, t.max_id) {
+            (Some(lo), Some(hi)) => {
+                let (lo, hi) = (vid("minID", lo)?, vid("maxID", hi)?);
+                if lo > hi {
+                    return Err(CniError::invalid_config(format!(
+                        "vlanTrunk minID {lo} is greater than maxID {hi}"
+                    )));
+                }
+                parts.push(format!("{lo}-{hi}"));
+            }
+            (None, Some(_)) | (Some(_), None) => {
+                return Err(CniError::invalid_config(
+                    "vlanTrunk minID and maxID must be given together",
+                ))
+            }
+            (None, None) => {}
+        }
+        if let Some(id) = t.id {
+            parts.push(vid("id", id)?.to_string());
+        }
+    }
+    Ok(parts.join(","))
 }
 
 /// The plugin.
@@ -58,18 +112,21 @@ enum IpamSource {
 struct Parsed {
     conf: BridgeConf,
     ipam: IpamSource,
+    /// `vlanTrunk` flattened (`10,20-30`; empty: none).
+    trunk: String,
 }
 
 fn parse(config: &crate::config::NetConf) -> Result<Parsed, CniError> {
     let conf: BridgeConf = config.plugin_config()?;
-    if conf.vlan.is_some_and(|v| v != 0) {
-        return Err(CniError::unsupported_field(
-            "vlan: netloom-bridge does not tag bridge ports yet (it needs bridge VLAN filtering); remove \"vlan\"",
-        ));
+    if let Some(v) = conf.vlan.filter(|v| !(0..=4094).contains(v)) {
+        return Err(CniError::invalid_config(format!(
+            "invalid VLAN id {v} (must be between 0 and 4094)"
+        )));
     }
-    if conf.macspoofchk {
-        return Err(CniError::unsupported_field(
-            "macspoofchk: netloom-bridge does not enforce MAC spoof checks yet; remove \"macspoofchk\" rather than run unprotected",
+    let trunk = trunk_option(conf.vlan_trunk.as_deref().unwrap_or_default())?;
+    if conf.vlan.is_some_and(|v| v != 0) && !trunk.is_empty() {
+        return Err(CniError::invalid_config(
+            "vlan and vlanTrunk cannot be set together: a port is either an access port (vlan) or a trunk (vlanTrunk)",
         ));
     }
     let ipam_obj = config.ipam.as_ref().ok_or_else(|| {
@@ -90,7 +147,7 @@ fn parse(config: &crate::config::NetConf) -> Result<Parsed, CniError> {
     } else {
         IpamSource::Delegated(ipam_type.to_string())
     };
-    Ok(Parsed { conf, ipam })
+    Ok(Parsed { conf, ipam, trunk })
 }
 
 impl Parsed {
@@ -126,6 +183,23 @@ impl Parsed {
         options.insert("hairpin".into(), c.hairpin_mode.to_string());
         options.insert("promisc".into(), c.promisc_mode.to_string());
         options.insert("isolate".into(), c.isolate.to_string());
+        // Only when used, so networks without them keep the options they always had.
+        let vlan = c.vlan.filter(|v| *v != 0);
+        if let Some(v) = vlan {
+            options.insert("vlan".into(), v.to_string());
+        }
+        if !self.trunk.is_empty() {
+            options.insert("vlan_trunk".into(), self.trunk.clone());
+        }
+        if vlan.is_some() || !self.trunk.is_empty() {
+            options.insert(
+                "preserve_default_vlan".into(),
+                c.preserve_default_vlan.unwrap_or(true).to_string(),
+            );
+        }
+        if c.macspoofchk {
+            options.insert("macspoofchk".into(), "true".into());
+        }
         // Pod subnets are routed between nodes: unlike Docker, do not limit inbound traffic to
         // published ports.
         options.insert("open_inbound".into(), "true".into());

@@ -55,6 +55,11 @@ impl BridgeDriver {
                         .unwrap_or_else(|| "no kind".into())
                 )));
             }
+            if wants_vlans(o) && l.vlan_filtering != Some(true) {
+                // The reference plugin only sets it on bridges it creates; a VLAN on a port of
+                // a bridge that does not filter would isolate nothing.
+                nl.set_vlan_filtering(l.index, true)?;
+            }
             return Ok(l.index);
         }
         let host_ns = op.host_netns().map(|p| p.to_path_buf());
@@ -72,13 +77,64 @@ impl BridgeDriver {
         if let Some(mtu) = net.mtu {
             spec = spec.mtu(mtu);
         }
-        match nl.create_bridge(&spec) {
-            Ok(l) => Ok(l.index),
+        let index = match nl.create_bridge(&spec) {
+            Ok(l) => l.index,
             // Another process made it between our look and our create (parallel CNI ADDs):
             // that is the bridge we wanted.
-            Err(e) if engine_core::netlink::is_exists(&e) => nl.link_index(o.bridge.as_str()),
-            Err(e) => Err(e),
+            Err(e) if engine_core::netlink::is_exists(&e) => nl.link_index(o.bridge.as_str())?,
+            Err(e) => return Err(e),
+        };
+        if wants_vlans(o) {
+            // Set after creation rather than in it, so both paths give the same clear error
+            // on kernels without VLAN filtering.
+            nl.set_vlan_filtering(index, true)?;
         }
+        Ok(index)
+    }
+
+    /// The gateway port of a VLAN network: a veth pair whose bridge end is an access port of
+    /// the VLAN and whose other end (`<bridge>.<vid>`) carries the gateway addresses, as the
+    /// reference plugin builds it (no 802.1Q device: it works wherever bridge VLAN filtering
+    /// does). Shared by every network of that bridge and VLAN.
+    fn ensure_vlan_gateway(
+        &self,
+        op: &mut Op,
+        net: &Network,
+        o: &BridgeOptions,
+        br: u32,
+        vid: u16,
+        gw_if: &str,
+    ) -> Result<()> {
+        let nl = op.host()?;
+        if nl.link_by_name(gw_if)?.is_some() {
+            return Ok(());
+        }
+        let port = vlan_gateway_port(&o.bridge, vid);
+        nl.delete_link_if_exists(port.as_str())?;
+        let host_ns = op.host_netns().map(|p| p.to_path_buf());
+        op.record(UndoStep::DeleteLink {
+            netns: host_ns,
+            name: gw_if.to_string(),
+        })?;
+        let mut veth = VethSpec::new(&port, gw_if).peer_mac(crate::naming::stable_mac(&[
+            "vlan-gateway",
+            &o.bridge,
+            &vid.to_string(),
+        ]));
+        if let Some(mtu) = net.mtu {
+            veth = veth.mtu(mtu);
+        }
+        let port_link = match nl.create_veth(&veth) {
+            Ok(l) => l,
+            // A parallel ADD of another container made it.
+            Err(e) if engine_core::netlink::is_exists(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        nl.set_master(port_link.index, br)?;
+        configure_port_vlans(&nl, port_link.index, o)?;
+        nl.set_up(port_link.index)?;
+        nl.set_up(gw_if)?;
+        Ok(())
     }
 
     fn ensure_gateway_addresses(
@@ -88,7 +144,8 @@ impl BridgeDriver {
         o: &BridgeOptions,
         nl: &Netlink,
     ) -> Result<()> {
-        let present = nl.addresses_of(o.bridge.as_str())?;
+        let gw_if = gateway_interface(o);
+        let present = nl.addresses_of(gw_if)?;
         for gw in gateway_addresses(net) {
             if present.iter().any(|a| a.address == gw) {
                 continue;
@@ -101,23 +158,23 @@ impl BridgeDriver {
             {
                 if !o.force_address {
                     return Err(Error::Conflict(format!(
-                        "bridge {} has address {} but network {} wants gateway {}; set forceAddress to replace it",
-                        o.bridge, a.address, net.name, gw
+                        "{gw_if} has address {} but network {} wants gateway {}; set forceAddress to replace it",
+                        a.address, net.name, gw
                     )));
                 }
-                nl.del_address(o.bridge.as_str(), a.address)?;
+                nl.del_address(gw_if, a.address)?;
             }
             let host_ns = op.host_netns().map(|p| p.to_path_buf());
             op.record(UndoStep::DeleteAddress {
                 netns: host_ns,
-                link: o.bridge.clone(),
+                link: gw_if.to_string(),
                 address: gw,
             })?;
             let opts = AddrOptions {
                 nodad: true,
                 ..Default::default()
             };
-            match nl.add_address(o.bridge.as_str(), gw, opts) {
+            match nl.add_address(gw_if, gw, opts) {
                 Ok(()) => {}
                 // A parallel ADD added it first.
                 Err(e) if engine_core::netlink::is_exists(&e) => {}
@@ -149,7 +206,12 @@ impl Driver for BridgeDriver {
 
     fn create_network(&self, op: &mut Op, net: &Network) -> Result<()> {
         let o = BridgeOptions::from_network(&net.options)?;
-        self.ensure_bridge(op, net, &o)?;
+        let br = self.ensure_bridge(op, net, &o)?;
+        if let (Some(vid), Some(gw_if), true) =
+            (o.vlan, o.gateway_interface.as_deref(), o.is_gateway)
+        {
+            self.ensure_vlan_gateway(op, net, &o, br, vid, gw_if)?;
+        }
         let nl = op.host()?;
         if o.promisc {
             nl.set_promisc(o.bridge.as_str(), true)?;
@@ -178,17 +240,23 @@ impl Driver for BridgeDriver {
             op.store().delete(&marker, Expect::Any)?;
             return Ok(());
         };
-        let ports = nl
-            .links()?
-            .into_iter()
+        let links = nl.links()?;
+        // VLAN gateway ports belong to the bridge's networks, not to containers.
+        let (gw_ports, ports): (Vec<&engine_core::netlink::Link>, Vec<_>) = links
+            .iter()
             .filter(|l| l.master == Some(br.index))
-            .count();
-        if op.store().get(&marker)?.is_some() && ports == 0 {
+            .partition(|l| is_vlan_gateway_port(&l.name));
+        if op.store().get(&marker)?.is_some() && ports.is_empty() {
+            for p in gw_ports {
+                nl.delete_link_if_exists(p.index)?;
+            }
             nl.delete_link_if_exists(br.index)?;
         } else {
             // A bridge we did not create, or one still in use: leave it, minus our addresses.
+            let gw_if = gateway_interface(&o);
             for gw in gateway_addresses(net) {
-                nl.del_address(br.index, gw)?;
+                // Already missing (with its interface, even) is fine.
+                nl.del_address(gw_if, gw)?;
             }
         }
         op.store().delete(&marker, Expect::Any)?;
@@ -267,6 +335,7 @@ impl Driver for BridgeDriver {
         if o.hairpin {
             nl.set_hairpin(host_link.index, true)?;
         }
+        configure_port_vlans(&nl, host_link.index, &o)?;
         nl.set_up(host_link.index)?;
         // A bridge without an explicit MAC takes its first port's: read it after attaching.
         let br_mac = nl.link_by_index(br.index)?.and_then(|l| l.mac).or(br.mac);
@@ -406,14 +475,36 @@ pub fn check_endpoint(
             problem: "down".into(),
         });
     }
+    if wants_vlans(o) && br.vlan_filtering != Some(true) {
+        drift.push(Drift {
+            subject: format!("bridge {}", o.bridge),
+            problem: "vlan_filtering is off".into(),
+        });
+    }
     if o.is_gateway {
-        let present = nl.addresses_of(br.index)?;
-        for gw in gateway_addresses(net) {
-            if !present.iter().any(|a| a.address == gw) {
-                drift.push(Drift {
-                    subject: format!("bridge {}", o.bridge),
-                    problem: format!("gateway address {gw} missing"),
-                });
+        let gw_if = gateway_interface(o);
+        match nl.link_by_name(gw_if)? {
+            None => drift.push(Drift {
+                subject: format!("gateway interface {gw_if}"),
+                problem: "missing".into(),
+            }),
+            Some(l) => {
+                let present = nl.addresses_of(l.index)?;
+                for gw in gateway_addresses(net) {
+                    if !present.iter().any(|a| a.address == gw) {
+                        drift.push(Drift {
+                            subject: format!(
+                                "{} {gw_if}",
+                                if gw_if == o.bridge {
+                                    "bridge"
+                                } else {
+                                    "gateway interface"
+                                }
+                            ),
+                            problem: format!("gateway address {gw} missing"),
+                        });
+                    }
+                }
             }
         }
     }
@@ -436,9 +527,96 @@ pub fn check_endpoint(
                     problem: "down".into(),
                 });
             }
+            if wants_vlans(o) {
+                let have = nl.port_vlans(l.index)?;
+                for problem in vlan_drift(o, &have) {
+                    drift.push(Drift {
+                        subject: format!("veth {host}"),
+                        problem,
+                    });
+                }
+            }
         }
     }
     Ok(drift)
+}
+
+/// Whether the network tags its ports (CNI `vlan` or `vlanTrunk`).
+fn wants_vlans(o: &BridgeOptions) -> bool {
+    o.vlan.is_some() || !o.vlan_trunk.is_empty()
+}
+
+/// The interface carrying the gateway addresses: the VLAN gateway port, else the bridge.
+fn gateway_interface(o: &BridgeOptions) -> &str {
+    o.gateway_interface.as_deref().unwrap_or(&o.bridge)
+}
+
+/// The bridge end of a VLAN gateway port: `nlgp` + 6 hex digits of the bridge name + `-<vid>`
+/// (never mistaken for a container's host veth, see [`naming::is_host_veth`]).
+fn vlan_gateway_port(bridge: &str, vid: u16) -> String {
+    format!(
+        "nlgp{:06x}-{vid}",
+        crate::naming::fnv1a(&["vlan-gateway-port", bridge]) & 0xff_ffff
+    )
+}
+
+fn is_vlan_gateway_port(name: &str) -> bool {
+    name.starts_with("nlgp")
+        && name
+            .get(4..10)
+            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        && name.get(10..11) == Some("-")
+}
+
+/// Gives a new bridge port the network's VLANs: the access VLAN as PVID and untagged (the
+/// container never sees tags), trunk VLANs tagged; without `preserveDefaultVlan` the bridge's
+/// default VLAN is taken off first, as the reference plugin does.
+fn configure_port_vlans(nl: &Netlink, port: u32, o: &BridgeOptions) -> Result<()> {
+    if !wants_vlans(o) {
+        return Ok(());
+    }
+    if !o.preserve_default_vlan {
+        for v in nl.port_vlans(port)? {
+            nl.bridge_vlan_del(port, v.vid)?;
+        }
+    }
+    if let Some(vid) = o.vlan {
+        nl.bridge_vlan_add(port, vid, true, true)?;
+    }
+    for &vid in &o.vlan_trunk {
+        nl.bridge_vlan_add(port, vid, false, false)?;
+    }
+    Ok(())
+}
+
+/// What is wrong with a port's VLANs (`have`) for these options.
+fn vlan_drift(o: &BridgeOptions, have: &[engine_core::netlink::PortVlan]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(vid) = o.vlan {
+        match have.iter().find(|v| v.vid == vid) {
+            None => out.push(format!("vlan {vid} missing on the bridge port")),
+            Some(v) if !v.pvid || !v.untagged => {
+                out.push(format!("vlan {vid} is not the port's untagged PVID"))
+            }
+            Some(_) => {}
+        }
+        if let Some(other) = have.iter().find(|v| v.pvid && v.vid != vid) {
+            out.push(format!("port PVID is {} instead of {vid}", other.vid));
+        }
+    }
+    let missing: Vec<u16> = o
+        .vlan_trunk
+        .iter()
+        .copied()
+        .filter(|t| !have.iter().any(|v| v.vid == *t))
+        .collect();
+    if !missing.is_empty() {
+        out.push(format!(
+            "trunk vlan(s) {} missing on the bridge port",
+            options::format_trunk(&missing)
+        ));
+    }
+    out
 }
 
 /// Whether the store says netloom created this network's bridge.

@@ -17,6 +17,19 @@ pub const PROMISC: &str = "promisc";
 pub const ISOLATE: &str = "isolate";
 /// Let outside traffic reach containers directly, not only through published ports.
 pub const OPEN_INBOUND: &str = "open_inbound";
+/// The VLAN (1-4094) every endpoint's bridge port gets as PVID, untagged (CNI `vlan`); turns
+/// VLAN filtering on on the bridge.
+pub const VLAN: &str = "vlan";
+/// Tagged VLANs every endpoint's port carries (CNI `vlanTrunk`), as `10,20-30`.
+pub const VLAN_TRUNK: &str = "vlan_trunk";
+/// Keep the bridge's default VLAN on tagged ports (CNI `preserveDefaultVlan`, default true).
+pub const PRESERVE_DEFAULT_VLAN: &str = "preserve_default_vlan";
+/// Drop frames from a container whose source MAC is not its interface's (CNI `macspoofchk`).
+pub const MACSPOOFCHK: &str = "macspoofchk";
+/// Derived, never given, for VLAN networks: `<bridge>.<vid>`, the VLAN's gateway port, where
+/// the gateway addresses live and routed traffic enters and leaves (made only with a
+/// gateway). The engine's firewall keys the network's entries by it.
+pub const GATEWAY_INTERFACE: &str = "gateway_interface";
 
 const BOOLS: &[(&str, bool)] = &[
     (IS_GATEWAY, true),
@@ -30,6 +43,9 @@ const BOOLS: &[(&str, bool)] = &[
     (OPEN_INBOUND, false),
 ];
 
+/// Flags stored only when given (so networks that do not use them keep the options they had).
+const OPTIONAL_BOOLS: &[(&str, bool)] = &[(PRESERVE_DEFAULT_VLAN, true), (MACSPOOFCHK, false)];
+
 /// The parsed options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeOptions {
@@ -41,6 +57,14 @@ pub struct BridgeOptions {
     pub icc: bool,
     pub hairpin: bool,
     pub promisc: bool,
+    /// The access VLAN of every port (PVID, untagged).
+    pub vlan: Option<u16>,
+    /// Tagged VLANs of every port, sorted, each once.
+    pub vlan_trunk: Vec<u16>,
+    pub preserve_default_vlan: bool,
+    pub macspoofchk: bool,
+    /// See [`GATEWAY_INTERFACE`].
+    pub gateway_interface: Option<String>,
 }
 
 /// The bridge name used when none is given: `nlbr-` + the start of the network id.
@@ -60,11 +84,34 @@ pub fn normalise(spec: &NetworkSpec) -> Result<Options> {
     for (k, v) in &spec.options {
         if k == BRIDGE {
             validate_ifname(v).map_err(|e| Error::InvalidConfig(format!("bridge name: {e}")))?;
+        } else if k == VLAN {
+            match parse_vlan(v)? {
+                // 0 is the reference plugin's "no VLAN".
+                None => continue,
+                Some(vid) => {
+                    out.insert(k.clone(), vid.to_string());
+                    continue;
+                }
+            }
+        } else if k == VLAN_TRUNK {
+            let ids = parse_trunk(v)?;
+            if !ids.is_empty() {
+                out.insert(k.clone(), format_trunk(&ids));
+            }
+            continue;
+        } else if k == GATEWAY_INTERFACE {
+            return Err(Error::InvalidConfig(format!(
+                "bridge option {k:?} is derived by netloom (from \"vlan\"), not set"
+            )));
         } else if BOOLS.iter().any(|(b, _)| b == k) {
             parse_bool(k, v)?;
+        } else if OPTIONAL_BOOLS.iter().any(|(b, _)| b == k) {
+            out.insert(k.clone(), parse_bool(k, v)?.to_string());
+            continue;
         } else {
-            let known: Vec<&str> = std::iter::once(BRIDGE)
-                .chain(BOOLS.iter().map(|(b, _)| *b))
+            let known: Vec<&str> = [BRIDGE, VLAN, VLAN_TRUNK]
+                .into_iter()
+                .chain(BOOLS.iter().chain(OPTIONAL_BOOLS).map(|(b, _)| *b))
                 .collect();
             return Err(Error::InvalidConfig(format!(
                 "unknown bridge option {k:?} (known: {})",
@@ -88,6 +135,22 @@ pub fn normalise(spec: &NetworkSpec) -> Result<Options> {
         out.insert(IP_MASQUERADE.into(), "false".into());
         out.insert(IS_DEFAULT_GATEWAY.into(), "false".into());
     }
+    if out.contains_key(VLAN) && out.contains_key(VLAN_TRUNK) {
+        // As the reference plugin: a port is either an access port or a trunk.
+        return Err(Error::InvalidConfig(
+            "vlan and vlanTrunk cannot be set together: a port is either an access port (vlan) or a trunk (vlanTrunk)".into(),
+        ));
+    }
+    // Every VLAN network gets its own: its gateway port when it has a gateway, and in any case
+    // the name its firewall entries are keyed by, so networks sharing a bridge on different
+    // VLANs do not share (and overwrite) them.
+    if let Some(vid) = out.get(VLAN) {
+        let bridge = out.get(BRIDGE).cloned().unwrap_or_default();
+        let vid: u16 = vid
+            .parse()
+            .map_err(|_| Error::Internal("normalised vlan is not a number".into()))?;
+        out.insert(GATEWAY_INTERFACE.into(), vlan_gateway_name(&bridge, vid));
+    }
     if let Some(mtu) = spec.mtu {
         if !(68..=65535).contains(&mtu) {
             return Err(Error::InvalidConfig(format!(
@@ -96,6 +159,80 @@ pub fn normalise(spec: &NetworkSpec) -> Result<Options> {
         }
     }
     Ok(out)
+}
+
+/// The gateway port of VLAN `vid` on `bridge`, which carries the gateway addresses: the
+/// reference plugin's `<bridge>.<vid>` when that fits the kernel's 15 bytes, else a name
+/// derived from both.
+pub fn vlan_gateway_name(bridge: &str, vid: u16) -> String {
+    let name = format!("{bridge}.{vid}");
+    if name.len() <= 15 {
+        name
+    } else {
+        format!(
+            "nlgw{:06x}.{vid}",
+            crate::naming::fnv1a(&["vlan-gateway", bridge]) & 0xff_ffff
+        )
+    }
+}
+
+/// A VLAN id: 1-4094, or 0 for none.
+fn parse_vlan(v: &str) -> Result<Option<u16>> {
+    let bad = || {
+        Error::InvalidConfig(format!(
+            "vlan must be a VLAN id from 1 to 4094 (0: none), not {v:?}"
+        ))
+    };
+    let n: u16 = v.trim().parse().map_err(|_| bad())?;
+    match n {
+        0 => Ok(None),
+        1..=4094 => Ok(Some(n)),
+        _ => Err(bad()),
+    }
+}
+
+/// A trunk list `10,20-30` (the CNI front door flattens `vlanTrunk` into it): sorted, each once.
+pub fn parse_trunk(v: &str) -> Result<Vec<u16>> {
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            Error::InvalidConfig(format!(
+                "vlanTrunk entry {part:?} is not a VLAN id (1-4094) or a range of them (min-max)"
+            ))
+        };
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: u16 = lo.parse().map_err(|_| bad())?;
+        let hi: u16 = hi.parse().map_err(|_| bad())?;
+        if !(1..=4094).contains(&lo) || !(1..=4094).contains(&hi) || lo > hi {
+            return Err(bad());
+        }
+        out.extend(lo..=hi);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// The compact text of a sorted id list: runs become ranges.
+pub fn format_trunk(ids: &[u16]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            ids[i].to_string()
+        } else {
+            format!("{}-{}", ids[i], ids[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool> {
@@ -114,6 +251,7 @@ impl BridgeOptions {
         let flag = |k: &str| -> Result<bool> {
             let d = BOOLS
                 .iter()
+                .chain(OPTIONAL_BOOLS)
                 .find(|(b, _)| *b == k)
                 .map(|(_, d)| *d)
                 .unwrap_or(false);
@@ -134,6 +272,19 @@ impl BridgeOptions {
             icc: flag(ICC)?,
             hairpin: flag(HAIRPIN)?,
             promisc: flag(PROMISC)?,
+            vlan: options
+                .get(VLAN)
+                .map(|v| parse_vlan(v))
+                .transpose()?
+                .flatten(),
+            vlan_trunk: options
+                .get(VLAN_TRUNK)
+                .map(|v| parse_trunk(v))
+                .transpose()?
+                .unwrap_or_default(),
+            preserve_default_vlan: flag(PRESERVE_DEFAULT_VLAN)?,
+            macspoofchk: flag(MACSPOOFCHK)?,
+            gateway_interface: options.get(GATEWAY_INTERFACE).cloned(),
         })
     }
 }
@@ -175,6 +326,34 @@ mod tests {
         assert!(e.to_string().contains("icc must be true or false"), "{e}");
         let e = normalise(&spec(&[("bridge", "way-too-long-bridge-name")])).unwrap_err();
         assert!(e.to_string().contains("bridge name"), "{e}");
+    }
+
+    #[test]
+    fn vlan_options() {
+        let o = normalise(&spec(&[("vlan", "10"), ("bridge", "br0")])).unwrap();
+        let b = BridgeOptions::from_network(&o).unwrap();
+        assert_eq!(b.vlan, Some(10));
+        assert_eq!(b.gateway_interface.as_deref(), Some("br0.10"));
+        assert!(b.preserve_default_vlan && !b.macspoofchk);
+        let o = normalise(&spec(&[("vlan", "0")])).unwrap();
+        assert!(!o.contains_key("vlan") && !o.contains_key("gateway_interface"));
+        for bad in ["4095", "-1", "x"] {
+            let e = normalise(&spec(&[("vlan", bad)])).unwrap_err();
+            assert!(e.to_string().contains("1 to 4094"), "{e}");
+        }
+        let o = normalise(&spec(&[("vlan_trunk", "30, 10-12,11")])).unwrap();
+        assert_eq!(o["vlan_trunk"], "10-12,30");
+        let b = BridgeOptions::from_network(&o).unwrap();
+        assert_eq!(b.vlan_trunk, vec![10, 11, 12, 30]);
+        let e = normalise(&spec(&[("vlan", "5"), ("vlan_trunk", "7")])).unwrap_err();
+        assert!(e.to_string().contains("cannot be set together"), "{e}");
+        assert!(normalise(&spec(&[("vlan_trunk", "20-10")])).is_err());
+        // Without a gateway the name still keys the firewall entries.
+        let o = normalise(&spec(&[("vlan", "7"), ("is_gateway", "false")])).unwrap();
+        assert_eq!(o["gateway_interface"], "nlbr-web.7");
+        // A long bridge name still gives a valid interface name.
+        let n = vlan_gateway_name("a-long-bridge-1", 4094);
+        assert!(n.len() <= 15 && n.ends_with(".4094"), "{n}");
     }
 
     #[test]

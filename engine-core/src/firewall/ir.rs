@@ -196,6 +196,9 @@ pub enum Expr {
     Oifname(Cmp, String),
     /// `iifname @set`
     IifnameIn(String),
+    /// `iifname . ether saddr != @set`: the frame's (input port, source MAC) pair is not one
+    /// of the set's (the MAC spoof check).
+    IifnameEtherSaddrNotIn(String),
     /// `oifname @set`
     OifnameIn(String),
     /// `meta nfproto ipv4|ipv6`, the dependency of every address match in an inet table.
@@ -236,6 +239,7 @@ impl fmt::Display for Expr {
             Expr::Oifname(Cmp::Eq, n) => write!(f, "oifname {n:?}"),
             Expr::Oifname(Cmp::Ne, n) => write!(f, "oifname != {n:?}"),
             Expr::IifnameIn(s) => write!(f, "iifname @{s}"),
+            Expr::IifnameEtherSaddrNotIn(s) => write!(f, "iifname . ether saddr != @{s}"),
             Expr::OifnameIn(s) => write!(f, "oifname @{s}"),
             Expr::Nfproto(IpFamily::V4) => f.write_str("meta nfproto ipv4"),
             Expr::Nfproto(IpFamily::V6) => f.write_str("meta nfproto ipv6"),
@@ -284,6 +288,7 @@ fn fmt_net(n: &IpNetwork) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Field {
     Ifname,
+    EtherAddr,
     Ipv4,
     Ipv6,
     L4Proto,
@@ -295,6 +300,7 @@ impl Field {
     pub fn size(self) -> usize {
         match self {
             Field::Ifname => 16,
+            Field::EtherAddr => 6,
             Field::Ipv4 => 4,
             Field::Ipv6 => 16,
             Field::L4Proto => 1,
@@ -306,6 +312,7 @@ impl Field {
     pub fn nft_type(self) -> u32 {
         match self {
             Field::Ifname => 41,
+            Field::EtherAddr => 9,
             Field::Ipv4 => 7,
             Field::Ipv6 => 8,
             Field::L4Proto => 12,
@@ -316,6 +323,7 @@ impl Field {
     pub fn name(self) -> &'static str {
         match self {
             Field::Ifname => "ifname",
+            Field::EtherAddr => "ether_addr",
             Field::Ipv4 => "ipv4_addr",
             Field::Ipv6 => "ipv6_addr",
             Field::L4Proto => "inet_proto",
@@ -370,6 +378,7 @@ pub struct Set {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Value {
     Ifname(String),
+    Mac([u8; 6]),
     V4(Ipv4Addr),
     V6(Ipv6Addr),
     L4(Proto),
@@ -385,6 +394,7 @@ impl Value {
                 b.resize(16, 0);
                 b
             }
+            Value::Mac(m) => m.to_vec(),
             Value::V4(a) => a.octets().to_vec(),
             Value::V6(a) => a.octets().to_vec(),
             Value::L4(p) => vec![p.number()],
@@ -397,6 +407,11 @@ impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Ifname(n) => write!(f, "{n:?}"),
+            Value::Mac(m) => write!(
+                f,
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
             Value::V4(a) => write!(f, "{a}"),
             Value::V6(a) => write!(f, "{a}"),
             Value::L4(p) => write!(f, "{p}"),

@@ -58,6 +58,17 @@ pub struct EndpointRules {
     pub ports: Vec<PortMapping>,
 }
 
+/// The MAC spoof check of one endpoint (CNI `macspoofchk`): frames entering the bridge by
+/// `port` (the host end of the endpoint's veth) must carry `mac` as their source address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoofCheck {
+    pub network_id: String,
+    /// The endpoint's owner, as in [`EndpointRules::owner`].
+    pub owner: String,
+    pub port: String,
+    pub mac: [u8; 6],
+}
+
 /// A firewall backend.
 pub trait Firewaller: Send + Sync {
     /// "nftables" or "iptables".
@@ -82,6 +93,31 @@ pub trait Firewaller: Send + Sync {
 
     /// Reports what is missing without changing anything.
     fn check(&self, net: &NetworkRules, eps: &[EndpointRules]) -> Result<Vec<Drift>>;
+
+    /// Installs an endpoint's MAC spoof check in one transaction (idempotent; replaces an
+    /// older check of the same endpoint). Backends without layer-2 filtering refuse.
+    fn add_spoofcheck(&self, net: &NetworkRules, sc: &SpoofCheck) -> Result<()> {
+        let _ = (net, sc);
+        Err(crate::error::Error::Unsupported(format!(
+            "macspoofchk needs the nftables firewall backend (the {} backend does not filter bridged frames); use backend \"nftables\" or remove macspoofchk",
+            self.backend()
+        )))
+    }
+
+    /// Removes an endpoint's MAC spoof check (idempotent).
+    fn del_spoofcheck(&self, network_id: &str, owner: &str) -> Result<()> {
+        let _ = (network_id, owner);
+        Ok(())
+    }
+
+    /// Reports what is missing of an endpoint's MAC spoof check.
+    fn check_spoofcheck(&self, sc: &SpoofCheck) -> Result<Vec<Drift>> {
+        let _ = sc;
+        Ok(vec![Drift {
+            subject: format!("MAC spoof check of {}", sc.owner),
+            problem: format!("the {} backend cannot enforce it", self.backend()),
+        }])
+    }
 
     /// A number that changes whenever anyone changes the ruleset (nftables' generation id),
     /// so a watcher can tell "someone flushed it" from "nothing happened" with one cheap

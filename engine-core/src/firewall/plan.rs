@@ -6,11 +6,13 @@
 //!   keyed by bridge name to three small chains per network; published ports are elements of
 //!   four DNAT maps keyed by `protocol . host address . host port` (ranges as one interval
 //!   element). Adding a container therefore only adds map elements.
-//! - `table bridge netloom`: only the ICC switch. Traffic between two containers of one bridge
-//!   is switched at layer 2 and never reaches the inet forward hook (unless br_netfilter is
-//!   loaded), so `enable_icc=false` has to be enforced where the bridge forwards frames: one
-//!   rule per subnet of such a network (`meta ibrname` would key it by bridge, but kernels
-//!   without CONFIG_NFT_BRIDGE_META refuse it, and these rules change only with networks).
+//! - `table bridge netloom`: the ICC switch and the MAC spoof check. Traffic between two
+//!   containers of one bridge is switched at layer 2 and never reaches the inet forward hook
+//!   (unless br_netfilter is loaded), so `enable_icc=false` has to be enforced where the bridge
+//!   forwards frames: one rule per subnet of such a network (`meta ibrname` would key it by
+//!   bridge, but kernels without CONFIG_NFT_BRIDGE_META refuse it, and these rules change only
+//!   with networks). The spoof check (CNI `macspoofchk`) is one prerouting rule over two sets,
+//!   created on first use (see [`spoof_chain`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -213,6 +215,85 @@ pub fn network_bridge_rules(n: &NetworkRules) -> Vec<Rule> {
             )
         })
         .collect()
+}
+
+/// MAC spoof check (CNI `macspoofchk`), in the bridge table, made on first use so hosts without
+/// such networks have no extra hook: bridge ports that are checked...
+pub const SET_SPOOF_PORTS: &str = "spoofchk_ports";
+/// ...and the one source MAC each of them may send (`port . mac`).
+pub const SET_SPOOF_MACS: &str = "spoofchk_macs";
+/// The base chain holding the single rule that drops the rest.
+pub const SPOOF_CHAIN: &str = "spoofchk";
+/// Before anything else of the bridge sees the frame (the reference plugin's priority).
+pub const PRIO_BRIDGE_SPOOFCHK: i32 = -300;
+
+/// The spoof check's sets (bridge table).
+pub fn spoof_sets() -> Vec<Set> {
+    vec![
+        set(
+            SET_SPOOF_PORTS,
+            vec![Field::Ifname],
+            None,
+            false,
+            "bridge ports whose source MAC is checked",
+        ),
+        set(
+            SET_SPOOF_MACS,
+            vec![Field::Ifname, Field::EtherAddr],
+            None,
+            false,
+            "bridge port . the only source MAC it may send",
+        ),
+    ]
+}
+
+/// The spoof check's base chain: a frame entering by a checked port whose source MAC is not
+/// that port's is dropped. One rule for every port: ports come and go as set elements.
+pub fn spoof_chain() -> Chain {
+    base(
+        SPOOF_CHAIN,
+        ChainType::Filter,
+        Hook::Prerouting,
+        PRIO_BRIDGE_SPOOFCHK,
+        vec![rule(
+            "macspoofchk",
+            vec![
+                Expr::IifnameIn(SET_SPOOF_PORTS.into()),
+                Expr::IifnameEtherSaddrNotIn(SET_SPOOF_MACS.into()),
+                Expr::Counter,
+                Expr::Verdict(Verdict::Drop),
+            ],
+        )],
+    )
+}
+
+/// One port's spoof check elements: (set, element), tagged with the endpoint's tag.
+pub fn spoof_elements(sc: &super::SpoofCheck) -> Result<Vec<(&'static str, Element)>> {
+    check_id("network id", &sc.network_id, false)?;
+    check_id("endpoint owner", &sc.owner, true)?;
+    validate_ifname(&sc.port)?;
+    let tag = tag_endpoint(&sc.network_id, &sc.owner);
+    let port = Value::Ifname(sc.port.clone());
+    Ok(vec![
+        (
+            SET_SPOOF_PORTS,
+            Element {
+                key: vec![port.clone()],
+                key_end: None,
+                data: None,
+                comment: tag.clone(),
+            },
+        ),
+        (
+            SET_SPOOF_MACS,
+            Element {
+                key: vec![port, Value::Mac(sc.mac)],
+                key_end: None,
+                data: None,
+                comment: tag,
+            },
+        ),
+    ])
 }
 
 /// Longest comment the kernel keeps for nft (libnftnl's NFTNL_UDATA_COMMENT_MAXLEN, with NUL).
@@ -1240,6 +1321,40 @@ pub(crate) mod tests {
             ],
         };
         assert!(endpoint_elements(&n, &ep).is_err());
+    }
+
+    #[test]
+    fn spoof_check_renders_like_nft() {
+        let mut t = Table {
+            family: Family::Bridge,
+            name: TABLE.into(),
+            sets: spoof_sets(),
+            chains: vec![spoof_chain()],
+        };
+        let sc = crate::firewall::SpoofCheck {
+            network_id: "n1".into(),
+            owner: "c1/eth0".into(),
+            port: "nl0123456789a".into(),
+            mac: [0x02, 0, 0, 0, 0, 0x0a],
+        };
+        for (set, e) in spoof_elements(&sc).unwrap() {
+            t.set_mut(set).unwrap().elements.push(e);
+        }
+        let text = t.render();
+        assert!(
+            text.contains("iifname @spoofchk_ports iifname . ether saddr != @spoofchk_macs counter drop comment \"macspoofchk\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"nl0123456789a\" . 02:00:00:00:00:0a comment \"net=n1 ep=c1/eth0\""),
+            "{text}"
+        );
+        assert_eq!(fields_len(&[Field::Ifname, Field::EtherAddr]), 24);
+        let bad = crate::firewall::SpoofCheck {
+            port: "no such port name".into(),
+            ..sc
+        };
+        assert!(spoof_elements(&bad).is_err());
     }
 
     #[test]

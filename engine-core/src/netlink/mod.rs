@@ -27,6 +27,7 @@
 //! Sysctls under `/proc/sys/net` are per network namespace; see [`sysctl_set_in`].
 
 mod addr;
+mod bridge_vlan;
 pub mod ethtool;
 mod link;
 mod neigh;
@@ -55,6 +56,7 @@ use crate::error::{Error, Result};
 use crate::netns::Netns;
 
 pub use addr::{AddrOptions, Address};
+pub use bridge_vlan::{PortVlan, VLAN_IDS};
 pub use link::{
     BridgePortInfo, BridgeSpec, IpvlanFlag, IpvlanMode, IpvlanSpec, Link, LinkDetails, LinkKind,
     MacvlanMode, MacvlanSpec, OperState, VethSpec, VlanSpec, VxlanSpec,

@@ -137,6 +137,12 @@ fn endpoint_sets() -> Vec<(Family, &'static str)> {
     v
 }
 
+/// The MAC spoof check's sets (bridge table; they exist once a spoof check was added).
+const SPOOF_SETS: [(Family, &str); 2] = [
+    (Family::Bridge, plan::SET_SPOOF_PORTS),
+    (Family::Bridge, plan::SET_SPOOF_MACS),
+];
+
 fn all_sets() -> Vec<(Family, &'static str)> {
     let mut v = NETWORK_SETS.to_vec();
     v.extend(endpoint_sets());
@@ -626,6 +632,38 @@ impl<'a> Plan<'a> {
     }
 }
 
+impl Plan<'_> {
+    /// The spoof check's sets and base chain, when missing (made on first use).
+    fn ensure_spoof_skeleton(&mut self) -> Result<()> {
+        for set in plan::spoof_sets() {
+            if !self.snap.has_set(Family::Bridge, TABLE, &set.name) {
+                let id = self.next_set_id;
+                self.next_set_id += 1;
+                self.batch.add_set(Family::Bridge, TABLE, &set, id)?;
+            }
+        }
+        let chain = plan::spoof_chain();
+        if !self.snap.has_chain(Family::Bridge, TABLE, &chain.name) {
+            self.batch.add_chain(Family::Bridge, TABLE, &chain)?;
+            self.add_rules(Family::Bridge, &chain)?;
+        } else if self.snap.rules_loaded
+            && !self
+                .snap
+                .rules(Family::Bridge, TABLE, &chain.name)
+                .iter()
+                .any(|r| r.comment == "macspoofchk")
+        {
+            self.drifts.push(drift(
+                format!("nft chain bridge {TABLE} {}", chain.name),
+                "the macspoofchk rule is missing",
+            ));
+            self.batch.flush_chain(Family::Bridge, TABLE, &chain.name)?;
+            self.add_rules(Family::Bridge, &chain)?;
+        }
+        Ok(())
+    }
+}
+
 fn bound_marker(proto: crate::model::Proto, port: u16) -> Element {
     Element {
         key: vec![ir::Value::L4(proto), ir::Value::Port(port)],
@@ -866,9 +904,11 @@ impl Firewaller for NftFirewall {
     }
 
     fn teardown_network(&self, network_id: &str) -> Result<()> {
+        let mut sets = all_sets();
+        sets.extend(SPOOF_SETS);
         let want = Want {
             rules: true,
-            elements: all_sets(),
+            elements: sets.clone(),
             probes: None,
         };
         let tag = plan::tag_network(network_id);
@@ -893,7 +933,7 @@ impl Firewaller for NftFirewall {
                     }
                     return Ok(());
                 }
-                for (fam, set) in all_sets() {
+                for &(fam, set) in &sets {
                     let del: Vec<&ElemInfo> = snap
                         .elems(fam, set)
                         .iter()
@@ -995,6 +1035,126 @@ impl Firewaller for NftFirewall {
             Ok(())
         })?;
         Ok(())
+    }
+
+    fn add_spoofcheck(&self, net: &NetworkRules, sc: &super::SpoofCheck) -> Result<()> {
+        plan::validate_network(net)?;
+        let elems = plan::spoof_elements(sc)?;
+        let tag = plan::tag_endpoint(&sc.network_id, &sc.owner);
+        let what = format!(
+            "MAC spoof check of {} on network {}",
+            sc.owner, net.network_id
+        );
+        let mut healed = false;
+        loop {
+            let mut missing = false;
+            let want = Want {
+                rules: false,
+                elements: SPOOF_SETS.to_vec(),
+                probes: None,
+            };
+            self.transact(&what, want, Mode::Apply, |p| {
+                missing = !p.snap.has_table(Family::Bridge, TABLE);
+                if missing {
+                    return Ok(());
+                }
+                p.ensure_spoof_skeleton()?;
+                for (fam, set) in SPOOF_SETS {
+                    let w: Vec<&Element> = elems
+                        .iter()
+                        .filter(|(s, _)| *s == set)
+                        .map(|(_, e)| e)
+                        .collect();
+                    p.ensure_elements(fam, set, &w, &tag, false)?;
+                }
+                Ok(())
+            })?;
+            if !missing {
+                break;
+            }
+            if healed {
+                return Err(Error::Firewall(format!(
+                    "{what}: the bridge table vanished again right after being restored"
+                )));
+            }
+            warn!(network = %net.network_id, "netloom's bridge table is missing; restoring the network's rules first");
+            self.setup_network(net)?;
+            healed = true;
+        }
+        debug!(endpoint = %sc.owner, port = %sc.port, "MAC spoof check in place");
+        Ok(())
+    }
+
+    fn del_spoofcheck(&self, network_id: &str, owner: &str) -> Result<()> {
+        let tag = plan::tag_endpoint(network_id, owner);
+        let want = Want {
+            rules: false,
+            elements: SPOOF_SETS.to_vec(),
+            probes: None,
+        };
+        self.transact(
+            &format!("remove MAC spoof check of {owner} on network {network_id}"),
+            want,
+            Mode::Apply,
+            |p| {
+                for (fam, set) in SPOOF_SETS {
+                    let del: Vec<&ElemInfo> = p.snap.elems(fam, set).tagged(&tag);
+                    p.delete_elements(fam, set, &del)?;
+                }
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+
+    fn check_spoofcheck(&self, sc: &super::SpoofCheck) -> Result<Vec<Drift>> {
+        let elems = plan::spoof_elements(sc)?;
+        let tag = plan::tag_endpoint(&sc.network_id, &sc.owner);
+        let want = Want {
+            rules: true,
+            elements: SPOOF_SETS.to_vec(),
+            probes: None,
+        };
+        self.transact(
+            &format!("check MAC spoof check of {}", sc.owner),
+            want,
+            Mode::DryRun,
+            |p| {
+                if !p.snap.has_table(Family::Bridge, TABLE) {
+                    p.drifts
+                        .push(drift(format!("nft table bridge {TABLE}"), "missing"));
+                    return Ok(());
+                }
+                for (what, present) in [
+                    (
+                        format!("nft chain bridge {TABLE} {}", plan::SPOOF_CHAIN),
+                        p.snap.has_chain(Family::Bridge, TABLE, plan::SPOOF_CHAIN),
+                    ),
+                    (
+                        format!("nft set bridge {TABLE} {}", plan::SET_SPOOF_PORTS),
+                        p.snap.has_set(Family::Bridge, TABLE, plan::SET_SPOOF_PORTS),
+                    ),
+                    (
+                        format!("nft set bridge {TABLE} {}", plan::SET_SPOOF_MACS),
+                        p.snap.has_set(Family::Bridge, TABLE, plan::SET_SPOOF_MACS),
+                    ),
+                ] {
+                    if !present {
+                        p.drifts.push(drift(what, "missing"));
+                    }
+                }
+                p.ensure_spoof_skeleton()?;
+                for (fam, set) in SPOOF_SETS {
+                    let w: Vec<&Element> = elems
+                        .iter()
+                        .filter(|(s, _)| *s == set)
+                        .map(|(_, e)| e)
+                        .collect();
+                    p.ensure_elements(fam, set, &w, &tag, false)?;
+                }
+                Ok(())
+            },
+        )
     }
 
     fn reapply(&self, nets: &[NetworkRules], eps: &[EndpointRules]) -> Result<Vec<Drift>> {

@@ -52,7 +52,11 @@ const NFT_META_L4PROTO: u32 = 16;
 const NFT_META_PROTOCOL: u32 = 1;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const NFT_PAYLOAD_LL_HEADER: u32 = 0;
 const NFT_PAYLOAD_NETWORK: u32 = 1;
+/// The Ethernet source address: 6 bytes after the destination.
+const ETHER_SADDR_OFFSET: u32 = 6;
+const NFT_LOOKUP_F_INV: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
@@ -149,6 +153,8 @@ enum Low {
         sreg: u32,
         dreg: Option<u32>,
         set: CString,
+        /// Matches when the key is NOT in the set.
+        inv: bool,
     },
     Verdict {
         code: i32,
@@ -227,10 +233,18 @@ impl Expression for Low {
                     set_u32(sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
                     set_u32(sys::NFTNL_EXPR_FIB_DREG, REG32_00);
                 }
-                Low::Lookup { sreg, dreg, set } => {
+                Low::Lookup {
+                    sreg,
+                    dreg,
+                    set,
+                    inv,
+                } => {
                     set_u32(sys::NFTNL_EXPR_LOOKUP_SREG, *sreg);
                     if let Some(d) = dreg {
                         set_u32(sys::NFTNL_EXPR_LOOKUP_DREG, *d);
+                    }
+                    if *inv {
+                        set_u32(sys::NFTNL_EXPR_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
                     }
                     sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOOKUP_SET as u16, set.as_ptr());
                 }
@@ -324,9 +338,30 @@ fn lower(e: &Expr) -> Result<Vec<Low>> {
                     sreg: r,
                     dreg: None,
                     set: cstring(s)?,
+                    inv: false,
                 },
             ]
         }
+        Expr::IifnameEtherSaddrNotIn(s) => vec![
+            // `iifname . ether saddr`: the name fills 16 bytes (4 registers), the address
+            // follows in the next register, as nft lays out the concatenation.
+            Low::Meta {
+                key: NFT_META_IIFNAME,
+                dreg: r,
+            },
+            Low::Payload {
+                base: NFT_PAYLOAD_LL_HEADER,
+                offset: ETHER_SADDR_OFFSET,
+                len: 6,
+                dreg: r + 4,
+            },
+            Low::Lookup {
+                sreg: r,
+                dreg: None,
+                set: cstring(s)?,
+                inv: true,
+            },
+        ],
         Expr::Nfproto(f) => {
             let v = if *f == IpFamily::V4 {
                 libc::NFPROTO_IPV4
@@ -432,6 +467,7 @@ fn lower(e: &Expr) -> Result<Vec<Low>> {
                     sreg: r,
                     dreg: Some(NFT_REG_VERDICT),
                     set: cstring(s)?,
+                    inv: false,
                 },
             ]
         }
@@ -474,6 +510,7 @@ fn lower(e: &Expr) -> Result<Vec<Low>> {
                 sreg: r,
                 dreg: Some(r),
                 set: cstring(set)?,
+                inv: false,
             });
             out.push(Low::Nat {
                 family: nfproto,
