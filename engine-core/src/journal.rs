@@ -124,41 +124,37 @@ pub struct Txn {
 }
 
 impl Txn {
-    /// Starts an operation on `scope` (usually `network/<id>`), writing its empty record.
+    /// Starts an operation on `scope` (usually `network/<id>`). Nothing is written yet: the
+    /// record (and the liveness lock that guards it) appear with the first [`Txn::record`], so
+    /// an operation that turns out to change nothing (a Docker Join on a bridge) costs the
+    /// store nothing — with no step recorded there is nothing a crash could leave to undo.
     pub fn begin(
         store: Arc<dyn StateStore>,
         undoer: Arc<dyn Undoer>,
         scope: &str,
         operation: impl Into<String>,
     ) -> Result<Txn> {
-        let id = new_id();
-        let alive = store
-            .try_lock(&lock_name(&id))?
-            .ok_or_else(|| Error::Internal(format!("journal id {id} is already in use")))?;
         let record = Record {
-            id: id.clone(),
+            id: new_id(),
             scope: scope.to_string(),
             operation: operation.into(),
             pid: std::process::id(),
             started_unix_ms: now_ms(),
             steps: Vec::new(),
         };
-        let version = match store.put_json(&record_key(scope, &id), &record, Expect::Absent)? {
-            PutOutcome::Written(v) => v,
-            PutOutcome::Mismatch(_) => {
-                return Err(Error::Internal(format!(
-                    "journal record {id} already exists"
-                )))
-            }
-        };
         Ok(Txn {
             store,
             undoer,
             record,
-            version,
-            alive: Some(alive),
+            version: 0,
+            alive: None,
             done: false,
         })
+    }
+
+    /// Whether the record is in the store (the first step was recorded).
+    fn written(&self) -> bool {
+        self.alive.is_some()
     }
 
     pub fn id(&self) -> &str {
@@ -167,12 +163,22 @@ impl Txn {
 
     /// Records how to undo the step the caller is *about to* take. Call before acting.
     pub fn record(&mut self, step: UndoStep) -> Result<()> {
+        let expect = if self.written() {
+            Expect::Version(self.version)
+        } else {
+            // The lock before the record: recovery must never see a record of a running
+            // operation without its lock held.
+            let id = &self.record.id;
+            let alive = self
+                .store
+                .try_lock(&lock_name(id))?
+                .ok_or_else(|| Error::Internal(format!("journal id {id} is already in use")))?;
+            self.alive = Some(alive);
+            Expect::Absent
+        };
         self.record.steps.push(step);
         let key = record_key(&self.record.scope, &self.record.id);
-        match self
-            .store
-            .put_json(&key, &self.record, Expect::Version(self.version))?
-        {
+        match self.store.put_json(&key, &self.record, expect)? {
             PutOutcome::Written(v) => {
                 self.version = v;
                 Ok(())
@@ -195,6 +201,9 @@ impl Txn {
     /// The operation succeeded: forget how to undo it.
     pub fn commit(mut self) -> Result<()> {
         self.done = true;
+        if !self.written() {
+            return Ok(());
+        }
         self.store.delete(
             &record_key(&self.record.scope, &self.record.id),
             Expect::Any,
@@ -215,6 +224,9 @@ impl Txn {
     /// stopped at, so one stuck step does not keep the others in place.
     pub fn rollback(mut self) -> Result<()> {
         self.done = true;
+        if !self.written() {
+            return Ok(());
+        }
         let errors = undo_all(self.undoer.as_ref(), &self.record.steps);
         finish(self.store.as_ref(), &self.record, errors)?;
         self.forget_lock();
@@ -224,7 +236,7 @@ impl Txn {
 
 impl Drop for Txn {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && self.written() {
             // An early return or a panic between begin and commit: undo now rather than leave
             // the work to the next operation's recovery.
             let errors = undo_all(self.undoer.as_ref(), &self.record.steps);
@@ -490,6 +502,36 @@ mod tests {
             .filter(|n| n.contains("journal"))
             .collect();
         assert!(journal_locks.is_empty(), "{journal_locks:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn operations_without_steps_touch_no_store() {
+        let (s, dir) = store();
+        let u = Arc::new(Recording::default());
+        let t = Txn::begin(s.clone(), u.clone(), "network/e", "join").unwrap();
+        assert!(s.list(&Key::new(["journal"])).unwrap().is_empty());
+        t.commit().unwrap();
+        drop(Txn::begin(s.clone(), u.clone(), "network/e", "failed early").unwrap());
+        Txn::begin(s.clone(), u.clone(), "network/e", "rolled back")
+            .unwrap()
+            .rollback()
+            .unwrap();
+        assert!(u.0.lock().unwrap().is_empty());
+        assert!(s.list(&Key::new(["journal"])).unwrap().is_empty());
+        let locks: Vec<_> = std::fs::read_dir(dir.join("locks"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert!(locks.is_empty(), "{locks:?}");
+        // The first step writes the record, under a held lock, and recovery leaves it alone.
+        let mut t = Txn::begin(s.clone(), u.clone(), "network/e", "attach").unwrap();
+        t.record(custom("x")).unwrap();
+        assert_eq!(s.list(&Key::new(["journal"])).unwrap().len(), 1);
+        let r = recover(s.as_ref(), u.as_ref(), "network/e").unwrap();
+        assert!(r.rolled_back.is_empty());
+        t.commit().unwrap();
+        assert!(s.list(&Key::new(["journal"])).unwrap().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
