@@ -88,23 +88,15 @@ impl App {
     }
 }
 
-/// Runs blocking engine work on a thread of its own and waits for it without blocking the
-/// runtime. Not `spawn_blocking`: engine-core's netlink client refuses to run on any thread
-/// that has a tokio runtime context, and the blocking pool's threads have one.
+/// Runs blocking engine work off the runtime and waits for it without blocking the runtime.
+/// Not `spawn_blocking`: engine-core's netlink client refuses to run on any thread that has a
+/// tokio runtime context, and the blocking pool's threads have one; see [`crate::workers`].
 pub async fn off_runtime<T, F>(f: F) -> Result<T, String>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("netloomd-op".into())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .map_err(|e| format!("start a worker thread: {e}"))?;
-    rx.await
-        .map_err(|_| "the worker thread panicked".to_string())
+    crate::workers::run(f).await
 }
 
 /// Which error body an interface uses.

@@ -2,13 +2,16 @@
 //!
 //! - [`docker_api`]: the protocol's wire structs.
 //! - [`translate`]: Docker's option spellings, addresses and port bindings → netloom's model.
-//! - [`service`]: one synchronous method per protocol call, over the engine.
+//! - [`service`]: one synchronous method per protocol call, over the engine; [`addresses`]:
+//!   the addresses each Docker network's endpoints hold.
 //! - [`records`]: what the Docker front door stores beside the engine's records.
 //! - [`reconcile`]: startup recovery after a crash or reboot; [`firewall_guard`]: puts the
 //!   firewall rules back when someone else removes them.
 //! - [`http`]: axum routers (plugin sockets, admin API); [`server`]: unix sockets.
+//! - [`workers`]: the long-lived threads engine work runs on.
 //! - [`metrics`], [`config`], [`fault`] (test-only crash points).
 
+pub mod addresses;
 pub mod config;
 pub mod docker_api;
 pub mod fault;
@@ -22,6 +25,7 @@ pub mod run;
 pub mod server;
 pub mod service;
 pub mod translate;
+pub mod workers;
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,8 @@
 //! Then netloomd's records settle the Docker-level steps, using the order in which the service
 //! writes them:
 //! - a network record without an engine network: CreateNetwork died before the network existed,
-//!   or DeleteNetwork died after removing it → remove its shadow pools and the record;
+//!   or DeleteNetwork died after removing it → remove its shadow pools (networks of earlier
+//!   versions have them) and the record;
 //! - a shadow pool without a network record: leftover of either → release it;
 //! - an engine endpoint on a Docker network without an endpoint record: CreateEndpoint died
 //!   before answering (Docker treats it as failed and will not delete it) → detach it;

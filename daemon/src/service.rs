@@ -4,12 +4,12 @@
 //! How Docker's model maps onto the engine's:
 //! - A Docker network is an engine network with the same id. Its subnets come from the
 //!   CreateNetwork's IPv4Data/IPv6Data, which Docker's IPAM (netloom's IpamDriver or Docker's
-//!   own) already allocated. Each family's subnets are mirrored into a *shadow pool* of the
-//!   engine's IPAM (`docker-net/<id>/v4|v6`, gateway and aux addresses excluded).
+//!   own) already allocated; they carry no engine IPAM pool (the addresses are leased outside
+//!   the engine, by Docker's IPAM). Networks created by earlier versions mirror their subnets
+//!   into a *shadow pool* (`docker-net/<id>/v4|v6`), which the engine keeps leasing from.
 //! - A Docker endpoint is an engine endpoint keyed (endpoint id, "eth"). The address Docker
-//!   gives in CreateEndpoint is attached as a static address, which the engine leases from the
-//!   shadow pool: a second lease of the same address, in a pool of its own, so it never collides
-//!   with the IpamDriver's lease and the engine still refuses two endpoints with one address.
+//!   gives in CreateEndpoint is attached as a static address, taken as it is; [`InUse`] refuses
+//!   an address another endpoint of the network holds, and the subnet's gateway.
 //! - Join hands over the link the driver left in the host; Docker moves it into the sandbox and
 //!   configures it. Ports are published in ProgramExternalConnectivity, through the firewall.
 
@@ -21,18 +21,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use engine_core::engine::{network_rules, AttachRequest, Engine, OverlapPolicy, SandboxSetup};
 use engine_core::firewall::{EndpointRules, Firewaller};
-use engine_core::ipam::{AddressRequest, Ipam, PoolRequest, RangeSpec, Release, OPT_ALLOW_OVERLAP};
+use engine_core::ipam::{AddressRequest, Ipam, PoolRequest, RangeSpec, Release};
 use engine_core::{
-    AttachmentKey, Error, ErrorKind, Network, NetworkSpec, Options, PortMapping, Result, ResultExt,
-    Sandbox, StateStore, SubnetConfig,
+    AttachmentKey, Error, ErrorKind, Network, NetworkSpec, Options, PortMapping, Result, Sandbox,
+    StateStore, SubnetConfig,
 };
 use ipnetwork::IpNetwork;
 use serde_json::{json, Map, Value};
 
+use crate::addresses::InUse;
 use crate::docker_api::*;
 use crate::fault;
 use crate::records::{self, EndpointRecord, NetworkRecord};
-use crate::translate::{self, PoolData, PortRequest};
+use crate::translate::{self, PortRequest};
 
 /// The interface part of every Docker endpoint's attachment key. Docker names the interface in
 /// the container itself (DstPrefix + index); this only has to be constant.
@@ -66,6 +67,8 @@ pub struct Service {
     /// update one): Docker sends them in order per endpoint, this keeps a stray concurrent one
     /// from undoing another's change. One netloomd per state directory, so a process lock does.
     records_lock: Mutex<()>,
+    /// The addresses each Docker network's endpoints hold.
+    in_use: InUse,
     /// Overlays (netloomd --store): the global store and this host's VTEP.
     overlay: Option<crate::overlay::OverlayCtx>,
 }
@@ -95,6 +98,7 @@ impl Service {
             spaces,
             owner_seq: AtomicU64::new(0),
             records_lock: Mutex::new(()),
+            in_use: InUse::default(),
             overlay: None,
         }
     }
@@ -180,25 +184,21 @@ impl Service {
                 short(id)
             )));
         }
-        let mut pools = Vec::new();
-        let mut subnets = Vec::new();
-        for (data, v6) in [(&v4, false), (&v6, true)] {
-            if data.is_empty() {
-                continue;
-            }
-            let pool_id = records::shadow_pool_id(id, v6);
-            subnets.extend(data.iter().map(|d| SubnetConfig {
+        // No engine pool: Docker's IPAM leased the addresses already (see the module doc).
+        let subnets: Vec<SubnetConfig> = v4
+            .iter()
+            .chain(v6.iter())
+            .map(|d| SubnetConfig {
                 subnet: d.subnet,
                 gateway: d.gateway,
-                pool_id: pool_id.clone(),
-            }));
-            pools.push(pool_id);
-        }
+                pool_id: String::new(),
+            })
+            .collect();
         let rec = NetworkRecord {
             id: id.to_string(),
             driver: driver.to_string(),
             plugin: plugin.to_string(),
-            pools,
+            pools: Vec::new(),
             host_binding: opts.host_binding,
             iface_prefix: opts.iface_prefix.clone(),
         };
@@ -223,12 +223,22 @@ impl Service {
         if let Some(existing) = self.engine.get_network(id)? {
             // Docker repeats a request whose answer it lost (we crashed after the work).
             let options = self.engine.drivers().get(driver)?.validate(&spec)?;
-            let same = existing.subnets == spec.subnets
+            // Pools aside: a network of an earlier version has shadow pools, this answer none.
+            let plain = |s: &[SubnetConfig]| -> Vec<(IpNetwork, Option<IpAddr>)> {
+                s.iter().map(|s| (s.subnet, s.gateway)).collect()
+            };
+            let same = plain(&existing.subnets) == plain(&spec.subnets)
                 && existing.internal == spec.internal
                 && existing.enable_ipv6 == spec.enable_ipv6
                 && existing.mtu == spec.mtu
                 && existing.options == options;
-            if same && records::get_network(store, id)?.as_ref() == Some(&rec) {
+            let same_record = records::get_network(store, id)?.is_some_and(|r| {
+                NetworkRecord {
+                    pools: Vec::new(),
+                    ..r
+                } == rec
+            });
+            if same && same_record {
                 return Ok(());
             }
             return Err(Error::Conflict(format!(
@@ -240,10 +250,8 @@ impl Service {
         // without a network and removes it with its pools.
         records::put_network(store, &rec)?;
         fault::point("create-network:after-record");
-        let done = self.create_shadow_pools(id, &v4, &v6).and_then(|()| {
-            fault::point("create-network:after-pools");
-            self.engine.ensure_network(id, &spec, OverlapPolicy::Reject)
-        });
+        fault::point("create-network:after-pools");
+        let done = self.engine.ensure_network(id, &spec, OverlapPolicy::Reject);
         match done {
             Ok(net) => {
                 if let (Some((name, false)), Some(ctx)) = (&overlay, &self.overlay) {
@@ -264,39 +272,6 @@ impl Service {
         }
     }
 
-    fn create_shadow_pools(&self, id: &str, v4: &[PoolData], v6: &[PoolData]) -> Result<()> {
-        for (data, is_v6) in [(v4, false), (v6, true)] {
-            if data.is_empty() {
-                continue;
-            }
-            let pool_id = records::shadow_pool_id(id, is_v6);
-            // A pool of this id can only be a leftover of a crash before this network existed.
-            self.release_pool_fully(&pool_id)?;
-            let mut req = PoolRequest {
-                id: Some(pool_id.clone()),
-                ranges: data
-                    .iter()
-                    .map(|d| RangeSpec {
-                        subnet: d.subnet,
-                        start: None,
-                        end: None,
-                        gateway: d.gateway,
-                    })
-                    .collect(),
-                reserved: data.iter().flat_map(|d| d.aux.iter().copied()).collect(),
-                ..Default::default()
-            };
-            // Docker's IPAM already decided these subnets may exist; overlaps between networks are
-            // the engine's check (OverlapPolicy::Reject), and the IpamDriver's own pool of the
-            // same subnet must not stand in the way.
-            req.options.insert(OPT_ALLOW_OVERLAP.into(), "true".into());
-            self.ipam()
-                .request_pool(&req)
-                .with_context(|| format!("network {}", short(id)))?;
-        }
-        Ok(())
-    }
-
     /// Drops every reference to a pool; a missing pool is fine.
     fn release_pool_fully(&self, pool_id: &str) -> Result<()> {
         let Some(pool) = self.ipam().get_pool(pool_id)? else {
@@ -312,9 +287,10 @@ impl Service {
         Ok(())
     }
 
-    /// Removes what a Docker network owns besides the engine network: its shadow pools, its
-    /// endpoint records, then its record.
+    /// Removes what a Docker network owns besides the engine network: its shadow pools (earlier
+    /// versions), its endpoint records, then its record.
     pub(crate) fn forget_network(&self, rec: &NetworkRecord) -> Result<()> {
+        self.in_use.forget(&rec.id);
         for p in &rec.pools {
             self.release_pool_fully(p)?;
         }
@@ -367,6 +343,13 @@ impl Service {
                         .join(", ")
                 )));
             }
+            if net.subnets.iter().any(|s| s.gateway == Some(a.ip())) {
+                return Err(Error::Conflict(format!(
+                    "address {} is the gateway of network {}",
+                    a.ip(),
+                    short(nid)
+                )));
+            }
         }
         // The engine leases one address per pool: a family with no address from Docker would
         // get one Docker never configures in the container.
@@ -400,16 +383,31 @@ impl Service {
                 short(nid)
             )));
         }
-        let att = self.engine.attach(&AttachRequest {
+        let ips: Vec<IpAddr> = addresses.iter().map(|a| a.ip()).collect();
+        let engine = &self.engine;
+        self.in_use.claim(nid, &ips, || {
+            Ok(engine
+                .list_endpoints(nid)?
+                .iter()
+                .flat_map(|e| e.addresses.iter().map(|a| a.ip()))
+                .collect())
+        })?;
+        let att = match self.engine.attach(&AttachRequest {
             network_id: nid.to_string(),
             key: key.clone(),
             sandbox: SandboxSetup::Runtime,
-            static_addresses: addresses.iter().map(|a| a.ip()).collect(),
+            static_addresses: ips.clone(),
             mac: Some(mac.clone()),
             ports: Vec::new(),
             extra_routes: Vec::new(),
             options: Options::new(),
-        })?;
+        }) {
+            Ok(att) => att,
+            Err(e) => {
+                self.in_use.release(nid, &ips);
+                return Err(e);
+            }
+        };
         fault::point("create-endpoint:after-attach");
         let rec = EndpointRecord {
             network_id: nid.to_string(),
@@ -436,8 +434,11 @@ impl Service {
             if let (Some(o), Some(ctx)) = (crate::overlay::overlay_of(&net), &self.overlay) {
                 let _ = crate::overlay::withdraw(ctx, o, &key.owner());
             }
-            if let Err(u) = self.engine.detach(nid, &key, None) {
-                tracing::warn!(endpoint = %short(eid), error = %u, "could not undo a failed CreateEndpoint; the next start will");
+            match self.engine.detach(nid, &key, None) {
+                Ok(()) => self.in_use.release(nid, &ips),
+                Err(u) => {
+                    tracing::warn!(endpoint = %short(eid), error = %u, "could not undo a failed CreateEndpoint; the next start will")
+                }
             }
             return Err(e);
         }
@@ -458,8 +459,14 @@ impl Service {
                 crate::overlay::withdraw(self.overlay_ctx()?, o, &key.owner())?;
             }
         }
+        let held: Vec<IpAddr> = self
+            .engine
+            .get_endpoint(nid, &key)?
+            .map(|e| e.addresses.iter().map(|a| a.ip()).collect())
+            .unwrap_or_default();
         // Idempotent: removes by name and owner whatever exists of the endpoint.
         self.engine.detach(nid, &key, None)?;
+        self.in_use.release(nid, &held);
         fault::point("delete-endpoint:after-detach");
         records::delete_endpoint(self.store().as_ref(), nid, eid)?;
         tracing::info!(network = %short(nid), endpoint = %short(eid), "endpoint deleted");

@@ -525,17 +525,17 @@ async fn full_lifecycle_as_dockerd_drives_it() {
     let net = r.svc.engine().get_network(NID).unwrap().unwrap();
     assert_eq!(net.options["bridge"], "br-web");
     assert_eq!(net.mtu, Some(1400));
-    // Repeated (Docker lost our answer): same result, nothing doubled.
+    // Repeated (Docker lost our answer): same result, nothing doubled. Docker's IPAM leased
+    // the addresses; the network holds no engine pool of its own.
     ok(&r.net, "/NetworkDriver.CreateNetwork", cn).await;
-    assert_eq!(
-        r.svc
-            .ipam()
-            .get_pool(&records::shadow_pool_id(NID, false))
-            .unwrap()
-            .unwrap()
-            .refs,
-        1
-    );
+    assert_eq!(r.svc.engine().get_network(NID).unwrap().unwrap(), net);
+    assert!(net.subnets.iter().all(|s| s.pool_id.is_empty()));
+    assert!(r
+        .svc
+        .ipam()
+        .get_pool(&records::shadow_pool_id(NID, false))
+        .unwrap()
+        .is_none());
 
     // docker run -p 18280:80: address from IPAM (the sub-pool), then the endpoint.
     let a = ok(
@@ -1086,7 +1086,8 @@ async fn endpoint_errors_static_addresses_and_macs() {
         .unwrap()
         .unwrap();
     assert_eq!(e.mac.as_deref(), Some("02:42:de:ad:be:ef"));
-    // The same address for another endpoint: refused by the engine's own lease.
+    // The same address for another endpoint, or the gateway's: refused, whatever Docker's IPAM
+    // said.
     let e = fails(
         &r.net,
         "/NetworkDriver.CreateEndpoint",
@@ -1095,6 +1096,14 @@ async fn endpoint_errors_static_addresses_and_macs() {
     )
     .await;
     assert!(e.contains("10.1.0.20"), "{e}");
+    let e = fails(
+        &r.net,
+        "/NetworkDriver.CreateEndpoint",
+        create_endpoint(NID, EID2, "10.1.0.1/24"),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(e.contains("gateway"), "{e}");
     let mut bad_mac = create_endpoint(NID, EID2, "10.1.0.21/24");
     bad_mac["Interface"]["MacAddress"] = json!("01:00:5e:00:00:01");
     fails(
@@ -1441,6 +1450,15 @@ async fn restart_rolls_back_half_done_operations_and_restores_ports() {
     )
     .await;
     assert_eq!(join["Gateway"], "10.9.0.1");
+    // The restarted daemon knows from the store which address the survivor holds.
+    let e = fails(
+        &r2.net,
+        "/NetworkDriver.CreateEndpoint",
+        create_endpoint(NID, ghost, "10.9.0.2/24"),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(e.contains("10.9.0.2"), "{e}");
     // The rolled-back endpoint's address is free again.
     ok(
         &r2.net,
@@ -1458,6 +1476,14 @@ async fn restart_rolls_back_half_done_operations_and_restores_ports() {
     for e in [EID, EID2] {
         ok(&r2.net, "/NetworkDriver.DeleteEndpoint", ep(NID, e)).await;
     }
+    // A deleted endpoint's address can be given to the next one.
+    ok(
+        &r2.net,
+        "/NetworkDriver.CreateEndpoint",
+        create_endpoint(NID, EID2, "10.9.0.2/24"),
+    )
+    .await;
+    ok(&r2.net, "/NetworkDriver.DeleteEndpoint", ep(NID, EID2)).await;
     ok(
         &r2.net,
         "/NetworkDriver.DeleteNetwork",

@@ -8,7 +8,10 @@
 //! (the built-in driver's docker-proxy processes plus dockerd's growth, against netloomd's
 //! growth).
 //!
-//!   cargo bench -p tests --bench docker [-- ROUNDS]
+//!   cargo bench -p tests --bench docker [-- ROUNDS] [no-range]
+//!
+//! `no-range` leaves out the 1000-port range (the built-in driver takes ~1 min for it), for
+//! quick before/after runs of the per-container operations.
 //!
 //! Every docker command pays the CLI's own start (~30–60 ms here) on both sides alike; the
 //! ratios are what to read.
@@ -36,13 +39,14 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(10);
-    if let Err(e) = run(rounds) {
+    let range = !std::env::args().any(|a| a == "no-range");
+    if let Err(e) = run(rounds, range) {
         eprintln!("docker bench failed: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(rounds: usize) -> Result<(), String> {
+fn run(rounds: usize, range: bool) -> Result<(), String> {
     let env = DockerEnv::start("dbench")?;
     let drivers = [
         Driver {
@@ -153,6 +157,10 @@ fn run(rounds: usize) -> Result<(), String> {
         );
     }
 
+    if !range {
+        env.clean()?;
+        return Ok(());
+    }
     // A 1000-port range, once per driver.
     println!();
     println!("| 1000-port range `-p 20000-20999:20000-20999` | docker bridge | netloom |");
