@@ -2,47 +2,63 @@
 //! other addresses keeps its port), with IP_FREEBIND so a gateway address still in IPv6 DAD —
 //! or not yet configured — does not fail the bind. Dropping a [`Listener`] closes its sockets.
 //!
-//! UDP is served by plain threads doing blocking receive/answer/send: local names are answered
-//! without touching the async runtime (no readiness polling, no task wake-ups), which is where
-//! most of the queries per second come from. Forwarded queries are handed to the runtime.
+//! Serving is hickory-server's [`ServerFuture`]: one per serving runtime and address, with the
+//! [`Front`] request handler. Each serving runtime (one thread each, see [`Serving`]) gets its
+//! own UDP socket — a SO_REUSEPORT group, so the kernel spreads askers over the threads and
+//! no datagram wakes two of them — and its own handle on the one TCP listener.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hickory_server::ServerFuture;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
-use crate::server::{Shared, Step};
+use crate::handler::Front;
+use crate::server::Shared;
 
 /// An idle TCP client is dropped after this long.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Receive threads per UDP socket: one per core of this machine size keeps both busy.
-const UDP_THREADS: usize = 2;
-/// UDP threads re-check whether their listener is gone at least this often.
-const UDP_WAKE: Duration = Duration::from_millis(500);
+/// Each serving thread's stack: the request path is shallow.
+const STACK: usize = 512 * 1024;
 
+/// The runtimes that serve queries: one current-thread runtime per thread, so a query is
+/// received, answered and sent on one thread with no cross-thread wake-ups.
+pub struct Serving {
+    handles: Vec<tokio::runtime::Handle>,
+}
+
+impl Serving {
+    /// Starts `threads` serving threads (they live as long as the process).
+    pub fn start(threads: usize) -> io::Result<Serving> {
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("dns-serve-{i}"))
+                .stack_size(STACK)
+                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        }
+        Ok(Serving { handles })
+    }
+}
+
+/// One address's servers; dropping it stops them and closes the sockets.
 pub struct Listener {
-    tasks: Vec<JoinHandle<()>>,
-    udp: Arc<std::net::UdpSocket>,
-    stop: Arc<AtomicBool>,
+    servers: Vec<ServerFuture<Front>>,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        // Cancelling ends the receive and accept loops; dropping the ServerFuture right after
+        // aborts its tasks (JoinSet), which closes the sockets.
+        for s in &self.servers {
+            s.shutdown_token().cancel();
         }
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the threads blocked in recvfrom (Linux wakes readers of a shut-down UDP
-        // socket even though it reports ENOTCONN); they drop their handles and the socket
-        // closes. UDP_WAKE is the fallback.
-        let _ = socket2::SockRef::from(&*self.udp).shutdown(std::net::Shutdown::Read);
     }
 }
 
@@ -59,120 +75,44 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
 }
 
 impl Listener {
-    /// Binds `ip`:`port` for UDP and TCP and starts serving; must run inside the runtime.
-    pub fn bind(ip: IpAddr, port: u16, shared: Arc<Shared>) -> io::Result<Listener> {
+    /// Binds `ip`:`port` for UDP and TCP and starts serving on every serving runtime.
+    pub fn bind(
+        ip: IpAddr,
+        port: u16,
+        shared: Arc<Shared>,
+        serving: &Serving,
+    ) -> io::Result<Listener> {
         let addr = SocketAddr::new(ip, port);
-        let udp = socket(addr, Type::DGRAM, Protocol::UDP)?;
-        // Bursts (benchmarks, many containers starting) should queue, not drop.
-        let _ = udp.set_recv_buffer_size(4 << 20);
-        udp.bind(&addr.into())?;
-        let udp: Arc<std::net::UdpSocket> = Arc::new(udp.into());
-        udp.set_nonblocking(false)?;
-        udp.set_read_timeout(Some(UDP_WAKE))?;
-        let stop = Arc::new(AtomicBool::new(false));
+        // Everything is bound before anything serves: a failure leaves nothing behind.
         let tcp = socket(addr, Type::STREAM, Protocol::TCP)?;
         tcp.set_reuse_address(true)?;
         tcp.bind(&addr.into())?;
         tcp.listen(1024)?;
-        let tcp = TcpListener::from_std(tcp.into())?;
-        let rt = tokio::runtime::Handle::current();
-        for i in 0..UDP_THREADS {
-            let (udp, shared, stop, rt) = (udp.clone(), shared.clone(), stop.clone(), rt.clone());
-            std::thread::Builder::new()
-                .name(format!("udp-{ip}-{i}"))
-                .stack_size(256 * 1024)
-                .spawn(move || serve_udp(udp, shared, ip, rt, stop))?;
-        }
-        let tasks = vec![tokio::spawn(serve_tcp(tcp, shared, ip))];
-        Ok(Listener { tasks, udp, stop })
-    }
-}
-
-fn serve_udp(
-    sock: Arc<std::net::UdpSocket>,
-    shared: Arc<Shared>,
-    local: IpAddr,
-    rt: tokio::runtime::Handle,
-    stop: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let got = sock.recv_from(&mut buf);
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let (n, src) = match got {
-            Ok(x) => x,
-            // Timeouts (the stop check) and ICMP errors from earlier replies.
-            Err(_) => continue,
-        };
-        let start = Instant::now();
-        Metrics::inc(&shared.metrics.queries_udp);
-        match shared.step(&buf[..n], src.ip(), local, true) {
-            Step::Done(Some(bytes)) => {
-                let _ = sock.send_to(&bytes, src);
-                shared.metrics.observe(start.elapsed());
+        let tcp: std::net::TcpListener = tcp.into();
+        let group = serving.handles.len() > 1;
+        let mut udps = Vec::new();
+        for _ in &serving.handles {
+            let udp = socket(addr, Type::DGRAM, Protocol::UDP)?;
+            if group {
+                udp.set_reuse_port(true)?;
             }
-            Step::Done(None) => {}
-            Step::Forward(p) => {
-                let sock = sock.clone();
-                let shared = shared.clone();
-                rt.spawn(async move {
-                    if let Some(bytes) = shared.forward(p).await {
-                        // A datagram send does not block unless the send buffer is full.
-                        let _ = sock.send_to(&bytes, src);
-                    }
-                    shared.metrics.observe(start.elapsed());
-                });
-            }
+            // Bursts (benchmarks, many containers starting) should queue, not drop.
+            let _ = udp.set_recv_buffer_size(4 << 20);
+            udp.bind(&addr.into())?;
+            udps.push(std::net::UdpSocket::from(udp));
         }
-    }
-}
-
-async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, local: IpAddr) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, src)) => {
-                tokio::spawn(serve_conn(stream, src, shared.clone(), local));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "tcp accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let mut servers = Vec::new();
+        for (handle, udp) in serving.handles.iter().zip(udps) {
+            // Registers the sockets with this runtime's reactor and spawns the loops on it.
+            let _in = handle.enter();
+            let mut server = ServerFuture::new(Front::new(shared.clone(), ip));
+            server.register_socket(tokio::net::UdpSocket::from_std(udp)?);
+            server.register_listener(
+                tokio::net::TcpListener::from_std(tcp.try_clone()?)?,
+                TCP_IDLE,
+            );
+            servers.push(server);
         }
-    }
-}
-
-/// One TCP client: length-prefixed queries, answered in order, until it goes quiet.
-async fn serve_conn(mut s: TcpStream, src: SocketAddr, shared: Arc<Shared>, local: IpAddr) {
-    let _ = s.set_nodelay(true);
-    loop {
-        let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, s.read_u16()).await else {
-            return;
-        };
-        let mut buf = vec![0u8; len as usize];
-        if tokio::time::timeout(TCP_IDLE, s.read_exact(&mut buf))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let start = Instant::now();
-        Metrics::inc(&shared.metrics.queries_tcp);
-        let reply = match shared.step(&buf, src.ip(), local, false) {
-            Step::Done(r) => r,
-            Step::Forward(p) => shared.forward(p).await,
-        };
-        let Some(reply) = reply else { return };
-        let Ok(len) = u16::try_from(reply.len()) else {
-            return;
-        };
-        let mut out = Vec::with_capacity(reply.len() + 2);
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&reply);
-        if s.write_all(&out).await.is_err() {
-            return;
-        }
-        shared.metrics.observe(start.elapsed());
+        Ok(Listener { servers })
     }
 }

@@ -17,15 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::answer::{self, Decision};
 use crate::error::{Error, Result};
 use crate::forward::Forwarder;
 use crate::launcher::{ALIVE_LOCK, START_LOCK};
-use crate::listen::Listener;
+use crate::listen::{Listener, Serving};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::table::Table;
@@ -41,6 +39,8 @@ pub struct Options {
     pub grace: Duration,
     /// The whole budget for one forwarded query (all upstreams raced within it).
     pub forward_timeout: Duration,
+    /// Threads that serve queries (each with its own runtime and UDP socket per address).
+    pub threads: usize,
 }
 
 /// What the query paths share.
@@ -48,22 +48,8 @@ pub struct Shared {
     pub table: ArcSwap<Table>,
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
-    rr: AtomicUsize,
-}
-
-/// A query that needs the network.
-pub struct Pending {
-    request: Message,
-    limit: Option<usize>,
-    network: String,
-    upstreams: Vec<std::net::SocketAddr>,
-}
-
-/// The synchronous part's outcome.
-pub enum Step {
-    /// The reply bytes (or nothing to send).
-    Done(Option<Vec<u8>>),
-    Forward(Box<Pending>),
+    /// Where the next round-robin answer starts.
+    pub rr: AtomicUsize,
 }
 
 impl Shared {
@@ -76,71 +62,6 @@ impl Shared {
             rr: AtomicUsize::new(0),
         }
     }
-
-    /// Everything that can be answered without waiting: names, refusals, cache hits.
-    pub fn step(&self, bytes: &[u8], src: IpAddr, local: IpAddr, udp: bool) -> Step {
-        let Some(asked) = answer::parse(bytes, udp) else {
-            Metrics::inc(&self.metrics.formerr);
-            return Step::Done(None);
-        };
-        let table = self.table.load();
-        match answer::decide(&table, &self.rr, &asked.request, src, local) {
-            Decision::Reply(m) => {
-                match m.response_code() {
-                    ResponseCode::Refused => Metrics::inc(&self.metrics.refused),
-                    ResponseCode::FormErr | ResponseCode::NotImp => {
-                        Metrics::inc(&self.metrics.formerr)
-                    }
-                    _ => Metrics::inc(&self.metrics.local_answers),
-                }
-                if m.response_code() == ResponseCode::NXDomain {
-                    Metrics::inc(&self.metrics.nxdomain);
-                }
-                Step::Done(self.encode(&m, asked.limit))
-            }
-            Decision::Forward { network, upstreams } => {
-                if let Some(q) = answer::single_query(&asked.request) {
-                    if let Some(hit) = self.forwarder.cached(&network, q) {
-                        Metrics::inc(&self.metrics.cache_hits);
-                        let m = answer::from_upstream(&asked.request, &hit);
-                        return Step::Done(self.encode(&m, asked.limit));
-                    }
-                }
-                Step::Forward(Box::new(Pending {
-                    request: asked.request,
-                    limit: asked.limit,
-                    network,
-                    upstreams,
-                }))
-            }
-        }
-    }
-
-    /// The part that waits for upstreams.
-    pub async fn forward(&self, p: Box<Pending>) -> Option<Vec<u8>> {
-        let q = answer::single_query(&p.request)?;
-        let m = match self.forwarder.resolve(&p.network, q, &p.upstreams).await {
-            Some(up) => {
-                if up.response_code() == ResponseCode::NXDomain {
-                    Metrics::inc(&self.metrics.nxdomain);
-                }
-                answer::from_upstream(&p.request, &up)
-            }
-            None => {
-                Metrics::inc(&self.metrics.servfail);
-                answer::reply_to(&p.request, ResponseCode::ServFail)
-            }
-        };
-        self.encode(&m, p.limit)
-    }
-
-    fn encode(&self, m: &Message, limit: Option<usize>) -> Option<Vec<u8>> {
-        let (bytes, truncated) = answer::encode(m, limit)?;
-        if truncated {
-            Metrics::inc(&self.metrics.truncated);
-        }
-        Some(bytes)
-    }
 }
 
 struct Server {
@@ -148,6 +69,7 @@ struct Server {
     opts: Options,
     shared: Arc<Shared>,
     listeners: Mutex<HashMap<IpAddr, Listener>>,
+    serving: Serving,
     reloading: tokio::sync::Mutex<()>,
     /// When the table became empty (exit after the grace period).
     idle_since: Mutex<Option<Instant>>,
@@ -175,7 +97,7 @@ impl Server {
                 if listeners.contains_key(ip) {
                     continue;
                 }
-                match Listener::bind(*ip, self.opts.port, self.shared.clone()) {
+                match Listener::bind(*ip, self.opts.port, self.shared.clone(), &self.serving) {
                     Ok(l) => {
                         tracing::info!(address = %ip, port = self.opts.port, "listening");
                         listeners.insert(*ip, l);
@@ -282,10 +204,10 @@ impl Server {
     }
 }
 
-/// Runs the server until it is idle past the grace period or gets SIGTERM/SIGINT.
+/// Runs the server until it is idle past the grace period or gets SIGTERM/SIGINT. This thread
+/// runs the control socket and reloads; queries are served on [`Serving`] threads.
 pub fn run(opts: Options) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("start the runtime", e))?;
@@ -315,8 +237,11 @@ async fn serve(opts: Options) -> Result<()> {
         UnixListener::bind(&sock).map_err(|e| Error::io(format!("bind {}", sock.display()), e))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(format!("chmod {}", sock.display()), e))?;
+    let serving =
+        Serving::start(opts.threads).map_err(|e| Error::io("start the serving threads", e))?;
     let server = Arc::new(Server {
         reg: reg.clone(),
+        serving,
         shared: Arc::new(Shared::new(opts.forward_timeout)),
         opts: opts.clone(),
         listeners: Mutex::new(HashMap::new()),

@@ -9,49 +9,51 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::{Edns, Header, LowerQuery, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::ServerFuture;
 
-use crate::answer;
+use crate::answer::{self, Reply};
 use crate::error::{Error, Result};
 
 const TTL: u32 = 300;
 
-fn reply(req: &Message, count: &AtomicU64) -> Message {
-    let Some(q) = answer::single_query(req) else {
-        return answer::reply_to(req, ResponseCode::FormErr);
+fn reply(queries: &[LowerQuery], count: &AtomicU64) -> Reply {
+    let [q] = queries else {
+        return Reply::code(ResponseCode::FormErr);
     };
-    let name = q.name().to_lowercase().to_ascii();
+    let name = q.name().to_ascii();
     if name != "count.test." {
         count.fetch_add(1, Ordering::SeqCst);
     }
     if !name.ends_with(".test.") {
-        return answer::reply_to(req, ResponseCode::Refused);
+        return Reply::code(ResponseCode::Refused);
     }
-    let mut m = answer::reply_to(req, ResponseCode::NoError);
-    m.set_authoritative(true);
-    let a = |ip: Ipv4Addr| Record::from_rdata(q.name().clone(), TTL, RData::A(A(ip)));
+    let mut m = Reply::code(ResponseCode::NoError);
+    m.authoritative = true;
+    let owner = q.original().name();
+    let a = |ip: Ipv4Addr| Record::from_rdata(owner.clone(), TTL, RData::A(A(ip)));
     match (name.as_str(), q.query_type()) {
         ("count.test.", RecordType::TXT) => {
             let n = count.load(Ordering::SeqCst).to_string();
-            m.add_answer(Record::from_rdata(
-                q.name().clone(),
+            m.answers.push(Record::from_rdata(
+                owner.clone(),
                 0,
                 RData::TXT(TXT::new(vec![n])),
             ));
         }
         ("big.test.", RecordType::A) => {
             for i in 1..=100u8 {
-                m.add_answer(a(Ipv4Addr::new(198, 18, 60, i)));
+                m.answers.push(a(Ipv4Addr::new(198, 18, 60, i)));
             }
         }
         (n, RecordType::A) if n == "ok.test." || n.ends_with(".ok.test.") => {
-            m.add_answer(a(Ipv4Addr::new(198, 18, 50, 1)));
+            m.answers.push(a(Ipv4Addr::new(198, 18, 50, 1)));
         }
         (n, _)
             if n == "ok.test."
@@ -62,19 +64,59 @@ fn reply(req: &Message, count: &AtomicU64) -> Message {
             add_soa(&mut m);
         }
         _ => {
-            m.set_response_code(ResponseCode::NXDomain);
+            m.code = ResponseCode::NXDomain;
             add_soa(&mut m);
         }
     }
     m
 }
 
-fn add_soa(m: &mut Message) {
+fn add_soa(m: &mut Reply) {
     let zone = Name::from_ascii("test.").unwrap_or_default();
     let ns = Name::from_ascii("ns.test.").unwrap_or_default();
     let rname = Name::from_ascii("hostmaster.test.").unwrap_or_default();
     let soa = SOA::new(ns, rname, 1, 3600, 600, 86_400, TTL);
-    m.add_name_server(Record::from_rdata(zone, TTL, RData::SOA(soa)));
+    m.authority
+        .push(Record::from_rdata(zone, TTL, RData::SOA(soa)));
+}
+
+/// The zone as a hickory-server request handler. Over UDP hickory-server's encoder stops at the
+/// asker's EDNS size and sets TC, which is what sends `big.test.` over TCP.
+struct TestZone {
+    count: AtomicU64,
+    mute: bool,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for TestZone {
+    async fn handle_request<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let m = reply(request.queries(), &self.count);
+        let header = m.header(request.header());
+        if self.mute {
+            return Header::response_from_request(request.header()).into();
+        }
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if request.edns().is_some() {
+            let mut e = Edns::new();
+            e.set_max_payload(request.max_payload().min(answer::MAX_UDP as u16));
+            builder.edns(e);
+        }
+        let message = builder.build(
+            header,
+            m.answers.iter(),
+            m.authority.iter(),
+            std::iter::empty(),
+            m.additionals.iter(),
+        );
+        response
+            .send_response(message)
+            .await
+            .unwrap_or(header.into())
+    }
 }
 
 /// Serves until killed.
@@ -84,54 +126,22 @@ pub fn run(listen: SocketAddr, mute: bool) -> Result<()> {
         .build()
         .map_err(|e| Error::io("start the runtime", e))?;
     rt.block_on(async move {
-        let udp = UdpSocket::bind(listen)
+        let udp = tokio::net::UdpSocket::bind(listen)
             .await
             .map_err(|e| Error::io(format!("bind udp {listen}"), e))?;
-        let tcp = TcpListener::bind(listen)
+        let tcp = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| Error::io(format!("bind tcp {listen}"), e))?;
-        let count = Arc::new(AtomicU64::new(0));
-        println!("ready");
-        let c2 = count.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = tcp.accept().await {
-                let count = c2.clone();
-                tokio::spawn(async move {
-                    while let Ok(len) = s.read_u16().await {
-                        let mut buf = vec![0u8; len as usize];
-                        if s.read_exact(&mut buf).await.is_err() || mute {
-                            continue;
-                        }
-                        let Some(asked) = answer::parse(&buf, false) else {
-                            return;
-                        };
-                        let Some((out, _)) = answer::encode(&reply(&asked.request, &count), None)
-                        else {
-                            return;
-                        };
-                        let mut framed = (out.len() as u16).to_be_bytes().to_vec();
-                        framed.extend_from_slice(&out);
-                        if s.write_all(&framed).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
+        let mut server = ServerFuture::new(TestZone {
+            count: AtomicU64::new(0),
+            mute,
         });
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, src)) = udp.recv_from(&mut buf).await else {
-                continue;
-            };
-            if mute {
-                continue;
-            }
-            let Some(asked) = answer::parse(&buf[..n], true) else {
-                continue;
-            };
-            if let Some((out, _)) = answer::encode(&reply(&asked.request, &count), asked.limit) {
-                let _ = udp.send_to(&out, src).await;
-            }
-        }
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(30));
+        println!("ready");
+        server
+            .block_until_done()
+            .await
+            .map_err(|e| Error::Server(e.to_string()))
     })
 }

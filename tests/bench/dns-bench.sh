@@ -16,11 +16,14 @@ BIN=${BIN:-target/release}
 AARDVARK=${AARDVARK:-/usr/lib/podman/aardvark-dns}
 SECS=${SECS:-10}
 NAMES=${NAMES:-1000}
+# UDP local names are measured REPS times, alternating netloom and aardvark (the machine is
+# shared: a ratio within one pair is what counts).
+REPS=${REPS:-3}
 for t in "$BIN/netloom-dns" "$BIN/netloom-dnsd" "$AARDVARK" "$(command -v dnsperf)" "$(command -v dig)"; do
     [ -x "$t" ] || { echo "missing $t (cargo build --release; apt-get install dnsperf aardvark-dns dnsutils)" >&2; exit 1; }
 done
 NS=nldnsbench$$
-WORK=$(mktemp -d /tmp/nldnsbench.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/nldnsbench.XXXXXX")
 UPPID=""
 AAPID=""
 cleanup() {
@@ -75,8 +78,10 @@ echo "sanity: netloom a.ok.test -> $(check 53 a.ok.test), aardvark a.ok.test -> 
 for i in $(seq 0 $((NAMES - 1))); do echo "c$i A"; done > "$WORK/local.txt"
 for i in $(seq 0 99); do echo "h$i.ok.test A"; done > "$WORK/fwd.txt"
 
-perf() { # label port mode file [extra]
+QPS=0
+perf() { # label port mode file → prints a line, leaves the rate in $QPS
     local out
+    QPS=0
     out=$(inns dnsperf -s 127.0.1.1 -p "$2" -a 127.0.1.2 -m "$3" -d "$4" -l "$SECS" -c 8 -Q 1000000 -q 200 2>&1 || true)
     local qps
     qps=$(echo "$out" | awk '/Queries per second/ {printf "%.0f", $4}')
@@ -85,6 +90,7 @@ perf() { # label port mode file [extra]
         printf '%-36s %s\n' "$1" "no answers ($why)"
         return
     fi
+    QPS=$qps
     printf '%-36s %8s qps  avg latency %s ms  %s\n' "$1" "$qps" \
         "$(echo "$out" | awk '/Average Latency/ {printf "%.2f", $4 * 1000; exit}')" \
         "$(echo "$out" | awk '/Queries lost/ {print "lost " $3 " " $4}')"
@@ -98,9 +104,20 @@ p50() { # port name → median latency of 2000 sequential queries (one outstandi
 # Warm both (netloom's cache, aardvark's nothing).
 perf "warm-up netloom fwd" 53 udp "$WORK/fwd.txt" >/dev/null
 echo
-echo "== $(date -u +%F) $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'), ${SECS}s each, dnsperf -c 8 -q 200"
-perf "netloom  local names  UDP" 53 udp "$WORK/local.txt"
-perf "aardvark local names  UDP" 5353 udp "$WORK/local.txt"
+echo "== $(date -u '+%F %H:%M UTC') load $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'), ${SECS}s each, dnsperf -c 8 -q 200"
+echo "netloom-dnsd serving threads: ${NETLOOM_DNSD_THREADS:-default (one per core, at most 4)}"
+RATIOS=""
+for r in $(seq "$REPS"); do
+    perf "netloom  local names  UDP #$r" 53 udp "$WORK/local.txt"
+    ours=$QPS
+    perf "aardvark local names  UDP #$r" 5353 udp "$WORK/local.txt"
+    if [ "$QPS" != 0 ]; then
+        ratio=$(awk -v a="$ours" -v b="$QPS" 'BEGIN {printf "%.2f", a / b}')
+        RATIOS="$RATIOS $ratio"
+        echo "   ratio #$r: ${ratio}x   (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    fi
+done
+echo "local names UDP, netloom/aardvark:$RATIOS   median $(echo "$RATIOS" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)] "x"}')"
 perf "netloom  local names  TCP" 53 tcp "$WORK/local.txt"
 perf "aardvark local names  TCP" 5353 tcp "$WORK/local.txt"
 perf "netloom  forwarded    UDP (cached)" 53 udp "$WORK/fwd.txt"

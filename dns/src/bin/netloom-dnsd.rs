@@ -23,6 +23,9 @@ struct Cli {
     /// Milliseconds a forwarded query may take in total before SERVFAIL.
     #[arg(long, default_value_t = 1000)]
     forward_timeout_ms: u64,
+    /// Threads serving queries (default: NETLOOM_DNSD_THREADS, else one per core, at most 4).
+    #[arg(long)]
+    threads: Option<usize>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -44,12 +47,22 @@ enum Cmd {
 }
 
 fn main() {
+    let wanted = std::env::var("NETLOOM_DNS_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&wanted)
+        .ok()
+        .filter(|_| !wanted.is_empty())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    // hickory-server logs every request at info: only when asked for by name.
+    if !wanted.contains("hickory") {
+        for quiet in ["hickory_server=warn", "hickory_proto=warn"] {
+            if let Ok(d) = quiet.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NETLOOM_DNS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
     let cli = Cli::parse();
     let state_dir = cli
@@ -62,6 +75,12 @@ fn main() {
             port: cli.port,
             grace: Duration::from_millis(cli.grace_ms),
             forward_timeout: Duration::from_millis(cli.forward_timeout_ms),
+            threads: cli
+                .threads
+                .or_else(|| std::env::var("NETLOOM_DNSD_THREADS").ok()?.parse().ok())
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+                }),
         }),
         Some(Cmd::Metrics) => reg().and_then(|r| {
             dns::control::request(&r.control_socket(), "metrics", Duration::from_secs(5))
