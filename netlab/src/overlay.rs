@@ -22,11 +22,14 @@ use crate::nft::{Match, Pkt, Ruleset};
 const VXLAN_V4_OVERHEAD: u32 = 50;
 const VXLAN_V6_OVERHEAD: u32 = 70;
 
-/// flannel#1279: with tx checksum offload on a VXLAN device and the outer packet NATed, kernels
-/// before 5.7 sent VXLAN packets with bad UDP checksums, dropped by the receiver (the
-/// "63-second delay" of Kubernetes services). It bites when the host also masquerades.
+/// flannel#1279 / calico#3145: with tx checksum offload on a VXLAN device and the outer packet
+/// NATed, kernels before 5.7 sent VXLAN packets with bad UDP checksums, dropped by the receiver
+/// (the "63-second delay"). The verdict follows the overlay driver's own rule
+/// (`needs_tx_checksum_workaround`): offload on is a warning only on such kernels; on newer
+/// ones it is what netloom leaves, and offload off is worth knowing because it costs
+/// throughput (the kernel then segments in software).
 pub fn vxlan_csum(inv: &Inventory, host_rules: &Ruleset) -> Check {
-    let mut on = Vec::new();
+    let (mut on, mut off) = (Vec::new(), Vec::new());
     for ns in &inv.namespaces {
         let vx: Vec<String> = ns
             .interfaces
@@ -42,44 +45,66 @@ pub fn vxlan_csum(inv: &Inventory, host_rules: &Ruleset) -> Check {
         };
         for name in &vx {
             // engine-core's read-only ETHTOOL_GTXCSUM, in the device's namespace.
-            if let Ok(true) = engine_core::netlink::ethtool::tx_checksum(Some(&handle), name) {
-                on.push(format!("{}:{name} tx-checksumming on", ns.label));
+            match engine_core::netlink::ethtool::tx_checksum(Some(&handle), name) {
+                Ok(true) => on.push(format!("{}:{name} tx-checksumming on", ns.label)),
+                Ok(false) => off.push(format!("{}:{name} tx-checksumming off", ns.label)),
+                Err(_) => {}
             }
         }
     }
-    if on.is_empty() {
-        return check(
+    if on.is_empty() && off.is_empty() {
+        return check("vxlan_csum", Verdict::Ok, "no VXLAN device");
+    }
+    let old_kernel = engine_core::netlink::ethtool::needs_tx_checksum_workaround();
+    let mut c = if old_kernel {
+        if on.is_empty() {
+            let mut c = check(
+                "vxlan_csum",
+                Verdict::Ok,
+                "VXLAN tx checksum offload is off, as this kernel (< 5.7) needs",
+            );
+            c.findings = off;
+            return c;
+        }
+        let why = if host_rules.has_masquerade() {
+            "this kernel (< 5.7) sends VXLAN packets with bad checksums when the outer packet is \
+             NATed, and the host masquerades (flannel#1279)"
+        } else {
+            "this kernel (< 5.7) sends VXLAN packets with bad checksums as soon as the outer \
+             packet is NATed (flannel#1279)"
+        };
+        let mut c = check(
+            "vxlan_csum",
+            Verdict::Warn,
+            format!("VXLAN tx checksum offload on: {why}"),
+        );
+        c.fix = Some(
+            "ethtool -K <vxlan-dev> tx-checksum-ip-generic off (netloom's overlay does this \
+             itself on such kernels)"
+                .into(),
+        );
+        c.findings = std::mem::take(&mut on);
+        c
+    } else if off.is_empty() {
+        check(
             "vxlan_csum",
             Verdict::Ok,
-            "no VXLAN device has tx checksum offload on",
-        );
-    }
-    // The same kernel-version test the overlay driver uses to decide its workaround.
-    let old_kernel = engine_core::netlink::ethtool::needs_tx_checksum_workaround();
-    let nat = host_rules.has_masquerade();
-    let (verdict, why) = match (old_kernel, nat) {
-        (true, _) => (
-            Verdict::Warn,
-            "this kernel (< 5.7) sends VXLAN packets with bad checksums when the outer packet is \
-             NATed (flannel#1279)",
-        ),
-        (false, true) => (
-            Verdict::Warn,
-            "the host masquerades, and VXLAN with checksum offload plus NAT of the outer packet \
-             is what flannel#1279 broke: check that the peers accept the checksums",
-        ),
-        (false, false) => (
+            "VXLAN tx checksum offload on: this kernel (>= 5.7) has the fix for flannel#1279",
+        )
+    } else {
+        let mut c = check(
+            "vxlan_csum",
             Verdict::Info,
-            "harmless on this kernel without NAT, but flannel#1279 if NAT is added",
-        ),
+            "VXLAN tx checksum offload off: this kernel (>= 5.7) does not need the flannel#1279 \
+             workaround, and it costs throughput (TCP is segmented in software)",
+        );
+        c.fix = Some("ethtool -K <vxlan-dev> tx-checksum-ip-generic on".into());
+        c.findings = off;
+        c
     };
-    let mut c = check(
-        "vxlan_csum",
-        verdict,
-        format!("VXLAN tx checksum offload on: {why}"),
-    );
-    c.findings = on;
-    c.fix = Some("ethtool -K <vxlan-dev> tx-checksum-ip-generic off (what flannel does)".into());
+    if c.findings.is_empty() {
+        c.findings = on;
+    }
     c
 }
 
