@@ -58,6 +58,10 @@ pub struct Cli {
     /// hosts remove this host's containers that long after the last renewal [default: 10].
     #[arg(long, value_name = "SECS")]
     pub host_ttl: Option<u64>,
+    /// Seconds a host whose lease expired keeps its overlay records (endpoints, addresses)
+    /// before the other hosts purge them; 0: never [default: 86400].
+    #[arg(long, value_name = "SECS")]
+    pub purge_hosts_after: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -75,6 +79,7 @@ pub struct FileConfig {
     pub advertise_addr: Option<std::net::IpAddr>,
     pub vxlan_port: Option<u16>,
     pub host_ttl: Option<u64>,
+    pub purge_hosts_after: Option<u64>,
 }
 
 /// The resolved settings.
@@ -95,6 +100,8 @@ pub struct Settings {
     pub vxlan_port: u16,
     /// Lifetime of this host's leased record in the global store.
     pub host_ttl: std::time::Duration,
+    /// How long a departed host's overlay records stay; None: until purged by hand.
+    pub purge_hosts_after: Option<std::time::Duration>,
 }
 
 impl FileConfig {
@@ -188,6 +195,11 @@ impl Settings {
                 Some(s) => std::time::Duration::from_secs(s),
                 None => std::time::Duration::from_secs(10),
             },
+            purge_hosts_after: match cli.purge_hosts_after.or(file.purge_hosts_after) {
+                Some(0) => None,
+                Some(s) => Some(std::time::Duration::from_secs(s)),
+                None => Some(drivers::overlay::agent::DEFAULT_PURGE_AFTER),
+            },
         })
     }
 
@@ -272,6 +284,10 @@ mod tests {
         assert_eq!(d.store, None);
         assert_eq!(d.vxlan_port, 4789);
         assert_eq!(d.host_ttl, std::time::Duration::from_secs(10));
+        assert_eq!(
+            d.purge_hosts_after,
+            Some(std::time::Duration::from_secs(86400))
+        );
         for bad in [
             Cli {
                 vxlan_port: Some(0),

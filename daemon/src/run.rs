@@ -49,6 +49,7 @@ fn start_overlay_agent(
     advertise: Option<std::net::IpAddr>,
     port: u16,
     ttl: std::time::Duration,
+    purge_after: Option<std::time::Duration>,
 ) -> anyhow::Result<(
     drivers::overlay::agent::AgentHandle,
     crate::overlay::OverlayCtx,
@@ -72,6 +73,9 @@ fn start_overlay_agent(
     let ctx = crate::overlay::OverlayCtx::new(global.clone(), vtep, port);
     let mut cfg = drivers::overlay::agent::AgentConfig::new(global, vtep, port);
     cfg.lease_ttl = ttl;
+    cfg.purge_after = purge_after;
+    // A purged host's addresses go back to the overlays' pools.
+    cfg.ipam = Some(ctx.ipam.clone());
     tracing::info!(store = spec, vtep = %vtep, port, "overlay agent starting");
     Ok((drivers::overlay::agent::spawn(cfg)?, ctx))
 }
@@ -107,13 +111,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let (_overlay_agent, overlay_ctx) = match settings.store.clone() {
         Some(spec) => {
-            let (port, addr, ttl) = (
+            let (port, addr, ttl, purge) = (
                 settings.vxlan_port,
                 settings.advertise_addr,
                 settings.host_ttl,
+                settings.purge_hosts_after,
             );
             let (agent, ctx) =
-                http::off_runtime(move || start_overlay_agent(&spec, addr, port, ttl))
+                http::off_runtime(move || start_overlay_agent(&spec, addr, port, ttl, purge))
                     .await
                     .map_err(|e| anyhow!("start the overlay agent: {e}"))??;
             (Some(agent), Some(ctx))

@@ -38,6 +38,17 @@ impl Agent {
         vtep: IpAddr,
         plugin_dir: Option<&Path>,
     ) -> Result<Agent, String> {
+        Self::start_args(host, url, vtep, plugin_dir, &[])
+    }
+
+    /// Like [`Agent::start_with`], with more netloomd flags.
+    pub fn start_args(
+        host: &FakeHost,
+        url: &str,
+        vtep: IpAddr,
+        plugin_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> Result<Agent, String> {
         let dir = host.state_dir().join("agent");
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let log = dir.join("netloomd.log");
@@ -59,6 +70,7 @@ impl Agent {
             .arg(&prefix)
             .args(["--store", url, "--advertise-addr", &vtep.to_string()])
             .args(["--host-ttl", "2", "--log-level", "info,drivers=debug"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);
@@ -98,6 +110,11 @@ impl Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn log_tail(&self) -> String {
@@ -166,6 +183,15 @@ pub struct UnderlaySpec {
 
 impl Lab {
     pub fn new(n: usize, spec: UnderlaySpec) -> Result<Lab, String> {
+        Self::with_agent_args(n, spec, &[])
+    }
+
+    /// A lab whose netloomds get `agent_args` too.
+    pub fn with_agent_args(
+        n: usize,
+        spec: UnderlaySpec,
+        agent_args: &[&str],
+    ) -> Result<Lab, String> {
         let lab = FakeHost::new("ovl")?;
         let net = names::subnet_v4();
         let base = net.ip().octets();
@@ -253,7 +279,7 @@ impl Lab {
                     return Err(format!("fake host {i} cannot reach the lab at {lab_ip}"));
                 }
             }
-            let agent = Agent::start(&fh, &out.etcd.url(), vtep)?;
+            let agent = Agent::start_args(&fh, &out.etcd.url(), vtep, None, agent_args)?;
             out.hosts.push(Host {
                 agent: Some(agent),
                 fh,
@@ -420,4 +446,19 @@ pub fn overlay_subnet() -> String {
     // 10.200.0.0/13 is the fake hosts' range; overlays take their /24s from it too (unique
     // per test), distinct from the underlay's.
     names::subnet_v4().to_string()
+}
+
+/// The keys below `prefix` (e.g. "overlay/endpoints/web") in the lab's etcd, read from the lab
+/// namespace (etcd listens on the lab bridge only).
+pub fn etcd_keys(lab: &Lab, prefix: &str) -> Result<Vec<String>, String> {
+    use engine_core::StateStore;
+    let store =
+        engine_core::store::etcd::EtcdStore::open(&lab.etcd.url()).map_err(|e| e.to_string())?;
+    let key = engine_core::Key::new(prefix.split('/'));
+    lab.lab
+        .netns()
+        .run(|| store.list(&key))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+        .map(|l| l.into_iter().map(|(k, _)| k.segments().join("/")).collect())
 }

@@ -38,6 +38,11 @@ fn main() {
         host_loss,
     )
     .test(
+        "overlay::dead_host_records_are_purged_after_the_delay",
+        CAPS,
+        dead_host_purge,
+    )
+    .test(
         "overlay::etcd_outage_keeps_traffic_and_fails_add_clearly",
         CAPS,
         etcd_outage,
@@ -277,6 +282,106 @@ fn host_loss() -> Result<(), String> {
     }
     // The survivors still reach each other.
     ping_until(&ctrs[0].netns, &ctrs[1].ip, Duration::from_secs(5))?;
+    Ok(())
+}
+
+fn dead_host_purge() -> Result<(), String> {
+    // Lease 2 s (every lab), purge delay 2 s.
+    let mut lab = Lab::with_agent_args(3, V4, &["--purge-hosts-after", "2"])?;
+    let net = names::unique("ovp");
+    let subnet = overlay_subnet();
+    let mut ctrs = Vec::new();
+    for i in 0..3 {
+        let c = conf(&lab, &lab.hosts[i], &net, &subnet, json!({}));
+        let (ctr, _) = add(&mut lab.hosts[i], &c, &format!("c{i}"))?;
+        ctrs.push(ctr);
+    }
+    ping_until(&ctrs[0].netns, &ctrs[2].ip, Duration::from_secs(10))?;
+    let eps = format!("overlay/endpoints/{net}");
+    let leases = format!("ipam/leases/cni:overlay:{net}:0");
+    let vteps: Vec<String> = lab.hosts.iter().map(|h| format!("/{}/", h.vtep)).collect();
+    let on_host = |keys: &[String], h: usize| {
+        let v = &vteps[h];
+        keys.iter().filter(|k| k.contains(v.as_str())).count()
+    };
+    let leased = |keys: &[String], c: &Ctr| keys.iter().any(|k| k.ends_with(&format!("/{}", c.ip)));
+    let (k, l) = (etcd_keys(&lab, &eps)?, etcd_keys(&lab, &leases)?);
+    if (0..3).any(|h| on_host(&k, h) != 1) || !ctrs.iter().all(|c| leased(&l, c)) {
+        return Err(format!("setup: endpoint records {k:?}, leases {l:?}"));
+    }
+
+    // Host 2 dies for good.
+    let t = Instant::now();
+    if let Some(a) = lab.hosts[2].agent.as_mut() {
+        a.kill9();
+    }
+    let entry = format!("{} dst ", ctrs[2].mac);
+    wait_for(Duration::from_secs(15), || {
+        Ok(!fdb(&lab.hosts[0], &net)?.contains(&entry))
+    })
+    .map_err(|e| format!("host 2's entries stayed after its lease: {e}"))?;
+    let expired = t.elapsed();
+    // Its lease expired, the purge delay has not passed: the records stay (it may come back).
+    let k = etcd_keys(&lab, &eps)?;
+    if on_host(&k, 2) != 1 {
+        return Err(format!(
+            "host 2's endpoint record went with its lease, before the purge delay: {k:?}"
+        ));
+    }
+    let purged = wait_for(Duration::from_secs(20), || {
+        let (k, l) = (etcd_keys(&lab, &eps)?, etcd_keys(&lab, &leases)?);
+        Ok(on_host(&k, 2) == 0 && !leased(&l, &ctrs[2]))
+    })
+    .map_err(|e| {
+        format!(
+            "host 2's records were not purged: {e}\nhost 0 agent:\n{}",
+            lab.hosts[0]
+                .agent
+                .as_ref()
+                .map(Agent::log_tail)
+                .unwrap_or_default()
+        )
+    })?;
+    eprintln!(
+        "host 2 killed: lease gone after {expired:?}, its endpoint record and address lease purged {:?} after the kill (lease 2 s, purge delay 2 s)",
+        t.elapsed().max(purged)
+    );
+    // The live hosts' records are untouched, and their containers still talk.
+    let (k, l) = (etcd_keys(&lab, &eps)?, etcd_keys(&lab, &leases)?);
+    if on_host(&k, 0) != 1 || on_host(&k, 1) != 1 || !leased(&l, &ctrs[0]) || !leased(&l, &ctrs[1])
+    {
+        return Err(format!("a live host lost records: {k:?}, leases {l:?}"));
+    }
+    let vtep2 = lab.hosts[2].vtep.to_string();
+    if !etcd_keys(&lab, "overlay/departed")?
+        .iter()
+        .any(|k| k.ends_with(&vtep2))
+    {
+        return Err("no departed-host note for host 2".into());
+    }
+    ping_until(&ctrs[0].netns, &ctrs[1].ip, Duration::from_secs(5))?;
+
+    // Host 2 comes back: its agent clears the note and says its records were purged.
+    let url = lab.etcd.url();
+    let vtep = lab.hosts[2].vtep;
+    let back = Agent::start_args(
+        &lab.hosts[2].fh,
+        &url,
+        vtep,
+        None,
+        &["--purge-hosts-after", "2"],
+    )?;
+    wait_for(Duration::from_secs(5), || {
+        Ok(!etcd_keys(&lab, "overlay/departed")?
+            .iter()
+            .any(|k| k.ends_with(&vtep2)))
+    })
+    .map_err(|e| format!("host 2's agent left its departed note: {e}"))?;
+    wait_for(Duration::from_secs(5), || {
+        Ok(back.log_text().contains("were purged"))
+    })
+    .map_err(|e| format!("host 2's agent did not warn about its purged records: {e}"))?;
+    lab.hosts[2].agent = Some(back);
     Ok(())
 }
 

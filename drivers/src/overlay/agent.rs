@@ -8,6 +8,12 @@
 //!   of every local VXLAN device; each later event is applied incrementally (one FDB and one
 //!   neighbour change per container), which is what makes a new container reachable from here
 //!   within milliseconds of its ADD on another host.
+//! - Departed hosts: when a host's lease expires the agents note when (`overlay/departed/<h>`,
+//!   first writer wins). Once it has been gone for [`AgentConfig::purge_after`] (netloomd's
+//!   `--purge-hosts-after`, default a day, as Docker's NetworkDB reaps dead nodes), one agent
+//!   — the one whose compare-and-swap marks the record purged — removes its endpoint records
+//!   and frees their addresses ([`control::purge_host`]). A host that comes back before that
+//!   takes its records back untouched; its agent clears the note when it registers.
 //! - Outage: a broken watch (store unreachable) leaves the kernel as it is — traffic between
 //!   existing containers continues — and the agent re-lists and re-syncs when the store is back.
 //!
@@ -22,12 +28,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use engine_core::ipam::Ipam;
 use engine_core::netlink::Netlink;
 use engine_core::netns::Netns;
 use engine_core::store::{LeaseGuard, WatchEvent};
-use engine_core::{Key, Result, StateStore};
+use engine_core::{Expect, Key, PutOutcome, Result, StateStore, StateStoreExt, Versioned};
 
-use super::control::{self, EndpointRecord, Entry, HostRecord};
+use super::control::{self, DepartedRecord, EndpointRecord, Entry, HostRecord};
 use super::names;
 use super::program::{self, Remote};
 
@@ -43,7 +50,16 @@ pub struct AgentConfig {
     pub lease_ttl: Duration,
     /// A full re-sync of every device this often, to repair what someone else changed.
     pub resync_every: Duration,
+    /// How long a host whose lease expired keeps its records before they are purged; None:
+    /// never (an operator purges by hand).
+    pub purge_after: Option<Duration>,
+    /// The IPAM over the global store, to free a purged host's addresses; None: the leases
+    /// stay.
+    pub ipam: Option<Arc<dyn Ipam>>,
 }
+
+/// Docker's NetworkDB reaps the records of a node gone for this long; the same default here.
+pub const DEFAULT_PURGE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 impl AgentConfig {
     pub fn new(global: Arc<dyn StateStore>, vtep: IpAddr, port: u16) -> Self {
@@ -54,6 +70,8 @@ impl AgentConfig {
             port,
             lease_ttl: Duration::from_secs(10),
             resync_every: Duration::from_secs(30),
+            purge_after: Some(DEFAULT_PURGE_AFTER),
+            ipam: None,
         }
     }
 }
@@ -111,6 +129,8 @@ struct Model {
     hosts: BTreeSet<String>,
     /// (overlay, host, owner) → record.
     endpoints: BTreeMap<(String, String, String), EndpointRecord>,
+    /// Hosts whose lease expired: their note and its version (for the purge's CAS).
+    departed: BTreeMap<String, (DepartedRecord, u64)>,
 }
 
 struct Agent {
@@ -166,7 +186,9 @@ impl Agent {
             }
             self.load(snapshot);
             self.sync_all();
+            self.note_departed_hosts();
             let mut last_sync = Instant::now();
+            let mut last_purge_check = Instant::now();
             loop {
                 if stop.load(Ordering::SeqCst) {
                     break;
@@ -189,6 +211,15 @@ impl Agent {
                     self.sync_all();
                     last_sync = Instant::now();
                 }
+                if let Some(after) = self.cfg.purge_after {
+                    // Often enough that a purge comes at most a quarter late.
+                    let every =
+                        (after / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+                    if last_purge_check.elapsed() >= every {
+                        self.purge_departed(after);
+                        last_purge_check = Instant::now();
+                    }
+                }
             }
         }
         // Stopping is not leaving: netloomd stops to restart or upgrade, and the containers
@@ -205,21 +236,50 @@ impl Agent {
         let rec = HostRecord::new(self.cfg.vtep, self.cfg.port);
         let value = serde_json::to_vec(&rec)
             .map_err(|e| engine_core::Error::json("encode host record", e))?;
-        self.cfg
-            .global
-            .put_leased(&control::host_key(&self.me), &value, self.cfg.lease_ttl)
+        let guard =
+            self.cfg
+                .global
+                .put_leased(&control::host_key(&self.me), &value, self.cfg.lease_ttl)?;
+        // Back (or new at an address a departed host had): the note no longer applies.
+        let key = control::departed_key(&self.me);
+        if let Some((_, d)) = self.cfg.global.get_json::<DepartedRecord>(&key)? {
+            if let Some(at) = d.purged {
+                tracing::warn!(
+                    host = %self.me,
+                    purged_at = at,
+                    "this host was gone past the purge delay: its overlay records were purged and its addresses freed; containers still running here are unknown to the other hosts, re-create them"
+                );
+            }
+            self.cfg.global.delete(&key, Expect::Any)?;
+        }
+        Ok(guard)
     }
 
-    fn load(&mut self, snapshot: Vec<(Key, engine_core::Versioned)>) {
+    fn load(&mut self, snapshot: Vec<(Key, Versioned)>) {
         self.model = Model::default();
         for (k, v) in snapshot {
-            self.remember(&k, Some(&v.value));
+            self.remember(&k, Some(&v));
         }
     }
 
     /// Updates the model; returns the endpoint record that was there before, if any.
-    fn remember(&mut self, k: &Key, value: Option<&[u8]>) -> Option<EndpointRecord> {
+    fn remember(&mut self, k: &Key, versioned: Option<&Versioned>) -> Option<EndpointRecord> {
+        let value = versioned.map(|v| v.value.as_slice());
         match control::classify(k) {
+            Entry::Departed(h) => {
+                match versioned.map(|v| (serde_json::from_slice::<DepartedRecord>(&v.value), v)) {
+                    Some((Ok(d), v)) => {
+                        self.model.departed.insert(h, (d, v.version));
+                    }
+                    Some((Err(e), _)) => {
+                        tracing::warn!(key = %k, error = %e, "ignoring an unreadable departed-host record")
+                    }
+                    None => {
+                        self.model.departed.remove(&h);
+                    }
+                }
+                None
+            }
             Entry::Network(n) => {
                 if value.is_some() {
                     self.model.overlays.insert(n);
@@ -256,12 +316,19 @@ impl Agent {
 
     fn event(&mut self, ev: WatchEvent) {
         let (key, value) = match &ev {
-            WatchEvent::Put(k, v) => (k.clone(), Some(v.value.clone())),
+            WatchEvent::Put(k, v) => (k.clone(), Some(v.clone())),
             WatchEvent::Delete(k) => (k.clone(), None),
         };
-        let before = self.remember(&key, value.as_deref());
+        let before = self.remember(&key, value.as_ref());
         let result = match control::classify(&key) {
-            Entry::Host(h) if h != self.me => self.host_changed(&h, value.is_some()),
+            Entry::Host(h) if h != self.me => {
+                if value.is_none() {
+                    if let Err(e) = control::mark_departed(self.cfg.global.as_ref(), &h) {
+                        tracing::warn!(host = %h, error = %e, "could not note a departed host");
+                    }
+                }
+                self.host_changed(&h, value.is_some())
+            }
             Entry::Endpoint {
                 overlay,
                 host,
@@ -332,6 +399,87 @@ impl Agent {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Notes every host that has endpoint records but neither a live record nor a note: it
+    /// left while no agent watched (or before notes existed).
+    fn note_departed_hosts(&self) {
+        let gone: BTreeSet<&String> = self
+            .model
+            .endpoints
+            .keys()
+            .map(|(_, h, _)| h)
+            .filter(|h| {
+                **h != self.me
+                    && !self.model.hosts.contains(*h)
+                    && !self.model.departed.contains_key(*h)
+            })
+            .collect();
+        for h in gone {
+            if let Err(e) = control::mark_departed(self.cfg.global.as_ref(), h) {
+                tracing::warn!(host = %h, error = %e, "could not note a departed host");
+            }
+        }
+    }
+
+    /// Purges the records of hosts gone for longer than `after`. The agent whose
+    /// compare-and-swap marks the note purged does the work; the others see the mark.
+    fn purge_departed(&self, after: Duration) {
+        let global = self.cfg.global.as_ref();
+        // A note on a live host is stale (it came back between the expiry and the note):
+        // left, it would date a later departure too early. A purged one is left to the host
+        // itself, whose agent warns that its records are gone when it reads it.
+        for (h, (d, version)) in &self.model.departed {
+            if d.purged.is_none() && self.model.hosts.contains(h) && *h != self.me {
+                let _ = global.delete(&control::departed_key(h), Expect::Version(*version));
+            }
+        }
+        let now = control::now_secs();
+        let due: Vec<(String, DepartedRecord, u64)> = self
+            .model
+            .departed
+            .iter()
+            .filter(|(h, (d, _))| {
+                d.purged.is_none()
+                    && **h != self.me
+                    && !self.model.hosts.contains(*h)
+                    && now.saturating_sub(d.since) >= after.as_secs()
+            })
+            .map(|(h, (d, v))| (h.clone(), d.clone(), *v))
+            .collect();
+        for (h, d, version) in due {
+            let marked = DepartedRecord {
+                since: d.since,
+                purged: Some(now),
+            };
+            match global.put_json(
+                &control::departed_key(&h),
+                &marked,
+                Expect::Version(version),
+            ) {
+                Ok(PutOutcome::Written(_)) => {}
+                // Another agent got there first, or the host came back.
+                Ok(PutOutcome::Mismatch(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(host = %h, error = %e, "could not claim a departed host's purge");
+                    continue;
+                }
+            }
+            match control::purge_host(global, self.cfg.ipam.as_deref(), &h) {
+                Ok(r) => tracing::info!(
+                    host = %h,
+                    gone_for_secs = now.saturating_sub(d.since),
+                    endpoints = r.endpoints,
+                    addresses = r.addresses,
+                    "purged the overlay records of a host gone past the purge delay"
+                ),
+                Err(e) => {
+                    tracing::warn!(host = %h, error = %e, "purging a departed host's records failed; retrying later");
+                    // Un-claim, so the next check (here or elsewhere) tries again.
+                    let _ = global.put_json(&control::departed_key(&h), &d, Expect::Any);
+                }
+            }
+        }
     }
 
     /// Full re-sync of every local device of a known overlay.

@@ -6,12 +6,14 @@
 //! | `overlay/vni/<vni>` | the overlay name: the VNI's claim, created with `Expect::Absent`, so two hosts never take one VNI |
 //! | `overlay/endpoints/<overlay>/<host>/<owner>` | [`EndpointRecord`]: the container's addresses, MAC and the host's tunnel address |
 //! | `overlay/hosts/<host>` | [`HostRecord`], leased by the host's agent: it disappears when the agent stops renewing |
+//! | `overlay/departed/<host>` | [`DepartedRecord`]: when the agents first saw the host's lease gone, and whether its records were purged since |
 //!
 //! `<host>` is the host's tunnel address (its VTEP): unique in the cluster by construction.
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use engine_core::ipam::{Ipam, Release};
 use engine_core::netlink::MacAddr;
 use engine_core::{Error, Expect, Key, PutOutcome, Result, StateStore, StateStoreExt};
 use ipnetwork::IpNetwork;
@@ -41,6 +43,9 @@ pub fn hosts_prefix() -> Key {
 }
 pub fn host_key(host: &str) -> Key {
     Key::new(["overlay", "hosts", host])
+}
+pub fn departed_key(host: &str) -> Key {
+    Key::new(["overlay", "departed", host])
 }
 
 /// The host id of a tunnel address.
@@ -94,12 +99,102 @@ impl HostRecord {
         HostRecord {
             vtep,
             port,
-            since: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            since: now_secs(),
         }
     }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A host whose lease expired, as the surviving agents saw it. Its endpoint records and
+/// address leases stay (the host may come back with its containers) until it has been gone
+/// for the purge delay; then one agent purges them and sets `purged`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepartedRecord {
+    /// Seconds since the epoch when an agent first saw the host gone (that agent's clock).
+    pub since: u64,
+    /// Seconds since the epoch when its records were purged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<u64>,
+}
+
+/// Notes that `host` is gone; the first agent to see it sets the time, later ones keep it.
+pub fn mark_departed(global: &dyn StateStore, host: &str) -> Result<()> {
+    let rec = DepartedRecord {
+        since: now_secs(),
+        purged: None,
+    };
+    global.put_json(&departed_key(host), &rec, Expect::Absent)?;
+    Ok(())
+}
+
+/// What [`purge_host`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub endpoints: usize,
+    pub addresses: usize,
+}
+
+/// Removes every record a host that is gone for good left behind: its containers' endpoint
+/// records in every overlay and, with `ipam`, the leases of their addresses in the overlays'
+/// global pools (so other hosts can hand them out again). Refuses a host whose agent is
+/// registered. A record that changes meanwhile (the host came back and re-published it) is
+/// left alone.
+pub fn purge_host(
+    global: &dyn StateStore,
+    ipam: Option<&dyn Ipam>,
+    host: &str,
+) -> Result<PurgeReport> {
+    if host_registered(global, host)? {
+        return Err(Error::Conflict(format!(
+            "overlay host {host} is registered (its agent is alive); stop it before purging its records"
+        )));
+    }
+    let mut report = PurgeReport::default();
+    let pools = match ipam {
+        Some(i) => i.list_pools()?,
+        None => Vec::new(),
+    };
+    for (k, v) in global.list(&Key::new(["overlay", "endpoints"]))? {
+        let Entry::Endpoint {
+            overlay, host: h, ..
+        } = classify(&k)
+        else {
+            continue;
+        };
+        if h != host {
+            continue;
+        }
+        // Addresses first: a crash in between leaves a record that the next purge finds again,
+        // never a leased address nobody remembers.
+        if let (Some(ipam), Ok(rec)) = (ipam, serde_json::from_slice::<EndpointRecord>(&v.value)) {
+            // The overlay's global pools: netloom-vxlan's `cni:overlay:<overlay>:<i>`, which
+            // Docker's netloom-ipam shares.
+            let prefix = format!("cni:overlay:{overlay}:");
+            for ip in &rec.ips {
+                for p in pools.iter().filter(|p| p.id.starts_with(&prefix)) {
+                    if !p.ranges.iter().any(|r| r.subnet.contains(*ip)) {
+                        continue;
+                    }
+                    let leased = ipam.leases(&p.id)?.iter().any(|l| l.address.ip() == *ip);
+                    if leased {
+                        ipam.release_address(&p.id, &Release::Address(*ip))?;
+                        report.addresses += 1;
+                    }
+                }
+            }
+        }
+        if let PutOutcome::Written(_) = global.delete(&k, Expect::Version(v.version))? {
+            report.endpoints += 1;
+        }
+    }
+    Ok(report)
 }
 
 /// What a front door asks for when it uses an overlay.
@@ -255,6 +350,7 @@ pub fn withdraw_endpoint(
 pub enum Entry {
     Network(String),
     Host(String),
+    Departed(String),
     Endpoint {
         overlay: String,
         host: String,
@@ -269,6 +365,7 @@ pub fn classify(key: &Key) -> Entry {
     match s.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["overlay", "networks", n] => Entry::Network(n.to_string()),
         ["overlay", "hosts", h] => Entry::Host(h.to_string()),
+        ["overlay", "departed", h] => Entry::Departed(h.to_string()),
         ["overlay", "endpoints", o, h, w] => Entry::Endpoint {
             overlay: o.to_string(),
             host: h.to_string(),
@@ -412,6 +509,56 @@ mod tests {
         assert_eq!(vnis.len(), n, "VNIs collide");
         // Exactly one claim per overlay is left.
         assert_eq!(s.list(&Key::new(["overlay", "vni"])).unwrap().len(), n);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn purge_removes_only_the_departed_hosts_records() {
+        let (s, dir) = store("purge");
+        let rec = |vtep: &str, ip: &str| EndpointRecord {
+            ips: vec![ip.parse().unwrap()],
+            mac: MacAddrText("02:42:0a:09:00:02".into()),
+            vtep: vtep.parse().unwrap(),
+        };
+        publish_endpoint(s.as_ref(), "web", "a/eth0", &rec("10.0.0.1", "10.9.0.2")).unwrap();
+        publish_endpoint(s.as_ref(), "db", "b/eth0", &rec("10.0.0.1", "10.8.0.2")).unwrap();
+        publish_endpoint(s.as_ref(), "web", "c/eth0", &rec("10.0.0.2", "10.9.0.3")).unwrap();
+        // 10.0.0.2 is registered: refused.
+        s.put(&host_key("10.0.0.2"), b"{}", Expect::Absent).unwrap();
+        let e = purge_host(s.as_ref(), None, "10.0.0.2").unwrap_err();
+        assert_eq!(e.kind(), engine_core::ErrorKind::Conflict);
+        let r = purge_host(s.as_ref(), None, "10.0.0.1").unwrap();
+        assert_eq!(r.endpoints, 2);
+        let left: Vec<Entry> = s
+            .list(&Key::new(["overlay", "endpoints"]))
+            .unwrap()
+            .iter()
+            .map(|(k, _)| classify(k))
+            .collect();
+        assert_eq!(
+            left,
+            vec![Entry::Endpoint {
+                overlay: "web".into(),
+                host: "10.0.0.2".into(),
+                owner: "c/eth0".into()
+            }]
+        );
+        // The first note of a departure wins.
+        mark_departed(s.as_ref(), "10.0.0.1").unwrap();
+        let (_, first) = s
+            .get_json::<DepartedRecord>(&departed_key("10.0.0.1"))
+            .unwrap()
+            .unwrap();
+        mark_departed(s.as_ref(), "10.0.0.1").unwrap();
+        let (_, again) = s
+            .get_json::<DepartedRecord>(&departed_key("10.0.0.1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(
+            classify(&departed_key("10.0.0.1")),
+            Entry::Departed("10.0.0.1".into())
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
