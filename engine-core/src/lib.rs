@@ -8,6 +8,7 @@
 //! - [`netlink`]: typed rtnetlink access (links, addresses, routes, neighbours, sysctls).
 //! - [`journal`]: the undo journal that makes multi-step operations crash-safe.
 
+pub(crate) mod after_exit;
 pub mod driver;
 pub mod engine;
 pub mod error;

@@ -4,24 +4,19 @@
 //! which would be most of a CNI DEL. A driver that no longer needs a link first cuts it off —
 //! down, out of its bridge, renamed into the graveyard (`nlz…`) — which takes microseconds and
 //! makes it harmless at once; the slow unregister is then left to a reaper. How the reaper runs
-//! is the front door's choice: a detached process for the short-lived CNI binaries, a thread in
+//! is the front door's choice: a forked child for the short-lived CNI binaries, a thread in
 //! the daemon, or right away (the default, and what tests of the engine itself use).
 //! Anything left in the graveyard (a reaper killed midway) is swept by GC and `netlab doctor`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::Result;
-use crate::netlink::Netlink;
+use crate::netlink::{DeferredDeletes, Netlink};
 use crate::netns::Netns;
 
 /// Name prefix of links waiting to be deleted.
 pub const GRAVEYARD_PREFIX: &str = "nlz";
-
-/// The environment variable that turns a netloom binary into a reaper for one job.
-pub const REAP_ENV: &str = "NETLOOM_REAP";
 
 /// How deferred deletions run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +25,7 @@ pub enum Strategy {
     Inline,
     /// A background thread of this process (long-running daemons).
     Thread,
-    /// A detached child process re-running this executable (short-lived CNI plugins).
+    /// A child forked to finish after this process exits (short-lived CNI plugins).
     Process,
 }
 
@@ -52,7 +47,7 @@ pub fn detached_cleanup() -> bool {
 }
 
 /// One deletion job: links by name in a namespace (None = the process's own).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub netns: Option<PathBuf>,
     pub links: Vec<String>,
@@ -114,44 +109,25 @@ pub fn reap_later(job: Job) -> Result<()> {
     }
 }
 
+/// Leaves the deletion to a child forked to finish after this process exits.
 fn spawn_process(job: &Job) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let exe = std::env::current_exe().map_err(|e| crate::Error::io("find own executable", e))?;
-    let spec =
-        serde_json::to_string(job).map_err(|e| crate::Error::json("encode reaper job", e))?;
-    let mut cmd = Command::new(exe);
-    // Detached: no inherited stdout (a runtime reads the plugin's stdout until EOF), its own
-    // session so the runtime's process-group signals do not reach it.
-    cmd.env(REAP_ENV, spec)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid(2) is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .map(|_| ())
-        .map_err(|e| crate::Error::io("start reaper process", e))
-}
-
-/// For a binary's `main`: if this process was started as a reaper, do the job and exit.
-pub fn run_if_requested() {
-    let Ok(spec) = std::env::var(REAP_ENV) else {
-        return;
-    };
-    let code = match serde_json::from_str::<Job>(&spec) {
-        Ok(job) => match run_job(&job) {
-            Ok(()) => 0,
-            Err(_) => 1,
+    let ns = match &job.netns {
+        None => None,
+        Some(p) => match Netns::open(p) {
+            Ok(ns) => Some(ns),
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
         },
-        Err(_) => 2,
     };
-    std::process::exit(code);
+    let mut d = DeferredDeletes::new(ns.as_ref())?;
+    for l in &job.links {
+        d.delete_link(l)?;
+    }
+    if d.start() {
+        Ok(())
+    } else {
+        Err(crate::Error::Internal("could not fork the reaper".into()))
+    }
 }
 
 /// Deletes every graveyard link in the namespace `nl` looks at (GC, doctor).

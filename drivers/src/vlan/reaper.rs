@@ -18,27 +18,20 @@
 //! costs the same grace period: there the deletion stays synchronous.
 //!
 //! The mode is per process: synchronous by default (a library must not fork behind its
-//! caller's back); the CNI binaries ask for a detached reaper process (they exit right after
-//! DEL, which would end a thread); a daemon would use a thread. `NETLOOM_SYNC_DELETE=1`
+//! caller's back); the CNI binaries ask for a forked reaper that finishes after they exit
+//! (exiting right after DEL would end a thread); a daemon would use a thread. `NETLOOM_SYNC_DELETE=1`
 //! forces synchronous deletion everywhere.
 
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use engine_core::netlink::{Link, MacAddr, Netlink};
+use engine_core::netlink::{DeferredDeletes, Link, MacAddr, Netlink};
 use engine_core::netns::Netns;
 use engine_core::{Error, Result};
 
 use super::names;
 
-/// The environment variable that turns a CNI binary into a reaper: the tombstone's name. Its
-/// stdin is the container's network namespace.
-pub const REAP_ENV: &str = "NETLOOM_REAP_LINK";
-/// With [`REAP_ENV`]: the marker file to remove once the tombstone is gone.
-pub const MARKER_ENV: &str = "NETLOOM_REAP_MARKER";
 /// Where the markers of running reapers live.
 pub const MARKER_DIR: &str = "/run/netloom/reaping";
 /// A marker older than this belongs to a reaper that died: ignored and removed.
@@ -59,8 +52,8 @@ static MODE: AtomicU8 = AtomicU8::new(SYNC);
 pub enum Mode {
     /// In the call (the engine's sandbox step deletes it).
     Sync,
-    /// A detached copy of this executable, started with [`REAP_ENV`]: for short-lived processes
-    /// (the CNI plugins) whose `main` calls [`run_if_asked`] first.
+    /// A child forked to finish after this process exits ([`DeferredDeletes`]): for
+    /// short-lived processes (the CNI plugins).
     Process,
     /// A background thread: for long-lived processes.
     Thread,
@@ -86,23 +79,6 @@ pub fn mode() -> Mode {
         THREAD => Mode::Thread,
         _ => Mode::Sync,
     }
-}
-
-/// For a binary's `main`, before anything else: when this process was started as a reaper,
-/// deletes the tombstone and returns the exit status; otherwise returns None.
-pub fn run_if_asked() -> Option<i32> {
-    let name = std::env::var(REAP_ENV).ok()?;
-    let deleted = Netns::open("/proc/self/fd/0")
-        .and_then(|ns| Netlink::in_netns(&ns))
-        .and_then(|nl| nl.delete_link_if_exists(name.as_str()));
-    if let Ok(m) = std::env::var(MARKER_ENV) {
-        let _ = std::fs::remove_file(m);
-    }
-    Some(match deleted {
-        Ok(_) => 0,
-        // Nobody reads our output; a leftover tombstone goes with its namespace.
-        Err(_) => 1,
-    })
 }
 
 /// Takes `link` out of service in the namespace `nl` is bound to and has it deleted in the
@@ -221,25 +197,14 @@ fn is_link_local(ip: &std::net::IpAddr) -> bool {
 }
 
 fn spawn_process(ns: &Netns, tomb: &str, mark: Option<&std::path::Path>) -> Result<()> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::io("find this executable to start a reaper", e))?;
-    let ns_file =
-        File::open(ns.path()).map_err(|e| Error::io(format!("open {}", ns.path().display()), e))?;
-    let mut cmd = Command::new(exe);
-    cmd.env_clear()
-        .env(REAP_ENV, tomb)
-        .env(
-            MARKER_ENV,
-            mark.map(|m| m.as_os_str().to_owned()).unwrap_or_default(),
-        )
-        .stdin(Stdio::from(ns_file))
-        // The runtime reads our stdout until every holder closes it: the reaper holds none.
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // Its own process group: signals meant for the plugin's group do not stop the deletion.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    // Not waited for: it outlives us, and init reaps it.
-    cmd.spawn()
-        .map(drop)
-        .map_err(|e| Error::io("start the reaper", e))
+    let mut d = DeferredDeletes::new(Some(ns))?;
+    d.delete_link(tomb)?;
+    if let Some(m) = mark {
+        d.then_remove(m)?;
+    }
+    if d.start() {
+        Ok(())
+    } else {
+        Err(Error::Internal("could not fork the reaper".into()))
+    }
 }

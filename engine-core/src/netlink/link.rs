@@ -659,7 +659,7 @@ impl Netlink {
 
 /// A message addressing `link`: by index in the header, or by `IFLA_IFNAME` (the kernel looks
 /// names up when the index is 0).
-fn link_message(link: &LinkRef) -> LinkMessage {
+pub(super) fn link_message(link: &LinkRef) -> LinkMessage {
     let mut m = LinkMessage::default();
     match link {
         LinkRef::Index(i) => m.header.index = *i,

@@ -28,6 +28,7 @@
 
 mod addr;
 mod bridge_vlan;
+mod deferred;
 pub mod ethtool;
 mod link;
 mod neigh;
@@ -57,6 +58,7 @@ use crate::netns::Netns;
 
 pub use addr::{AddrOptions, Address};
 pub use bridge_vlan::{PortVlan, VLAN_IDS};
+pub use deferred::DeferredDeletes;
 pub use link::{
     BridgePortInfo, BridgeSpec, IpvlanFlag, IpvlanMode, IpvlanSpec, Link, LinkDetails, LinkKind,
     MacvlanMode, MacvlanSpec, OperState, VethSpec, VlanSpec, VxlanSpec,

@@ -1668,53 +1668,15 @@ impl Drop for Socket {
 /// the socket open until this process has exited and then closes it: the wait moves to a
 /// process nobody waits for.
 mod release {
-    /// Hands the last reference of `fd` to a detached child; the caller's own close (at exit)
-    /// is then quick. Best effort: if fork fails, the caller simply pays the wait.
+    /// Hands the last reference of `fd` to a child that closes it after this process exited;
+    /// the caller's own close (at exit) is then quick. Best effort: if fork fails, the caller
+    /// simply pays the wait.
     pub fn in_background(fd: libc::c_int) {
-        let mut pipe = [-1; 2];
-        // SAFETY: pipe2 writes two fds into the array we own.
-        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return;
-        }
-        let [rd, wr] = pipe;
-        // SAFETY: the child calls only async-signal-safe functions (close_range, read, close,
-        // _exit) before it exits, as required after fork in a multi-threaded process.
-        match unsafe { libc::fork() } {
-            0 => unsafe {
-                // Everything but the socket and the pipe's read end goes at once: the child
-                // must not hold the runtime's stdout pipe or the store's lock files.
-                let mut keep = [fd, rd];
-                keep.sort_unstable();
-                let mut from: libc::c_uint = 0;
-                for k in keep {
-                    if k as libc::c_uint > from {
-                        libc::syscall(libc::SYS_close_range, from, k as libc::c_uint - 1, 0);
-                    }
-                    from = k as libc::c_uint + 1;
-                }
-                libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0);
-                // The write end is held by the parent only: EOF means it has exited, so our
-                // close is the last one and the kernel's wait happens here.
-                let mut b = 0u8;
-                while libc::read(rd, &mut b as *mut u8 as *mut libc::c_void, 1) < 0
-                    && *libc::__errno_location() == libc::EINTR
-                {}
-                libc::close(fd);
-                libc::_exit(0);
-            },
-            -1 => {
-                // SAFETY: our own pipe fds.
-                unsafe {
-                    libc::close(rd);
-                    libc::close(wr);
-                }
-            }
-            _ => {
-                // The write end stays open (leaked on purpose) until this process exits.
-                // SAFETY: our own fd.
-                unsafe { libc::close(rd) };
-            }
-        }
+        crate::after_exit::hand_over(&crate::after_exit::Work {
+            keep: &[fd],
+            requests: &[],
+            unlink: &[],
+        });
     }
 }
 
