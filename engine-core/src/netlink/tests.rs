@@ -444,12 +444,13 @@ root_test! {
         let (ns, _nl) = scratch();
         let key = "net.ipv4.ip_forward";
         let host_before = sysctl_get(key).unwrap();
-        // A new namespace starts with forwarding off whatever the host has.
-        assert_eq!(sysctl_get_in(&ns, key).unwrap(), "0");
-        assert!(sysctl_set_in(&ns, key, "1").unwrap());
-        assert!(!sysctl_set_in(&ns, key, "1").unwrap(), "unchanged value is not rewritten");
-        assert_eq!(sysctl_get_in(&ns, key).unwrap(), "1");
-        assert_eq!(ns.sysctl_get("/proc/sys/net/ipv4/ip_forward").unwrap(), "1");
+        // A new namespace copies the host's IPv4 settings (devconf_inherit_init_net=0, the
+        // default), so flip whatever it started with: the host must keep its own value.
+        let flipped = if sysctl_get_in(&ns, key).unwrap() == "1" { "0" } else { "1" };
+        assert!(sysctl_set_in(&ns, key, flipped).unwrap());
+        assert!(!sysctl_set_in(&ns, key, flipped).unwrap(), "unchanged value is not rewritten");
+        assert_eq!(sysctl_get_in(&ns, key).unwrap(), flipped);
+        assert_eq!(ns.sysctl_get("/proc/sys/net/ipv4/ip_forward").unwrap(), flipped);
         assert_eq!(sysctl_get(key).unwrap(), host_before, "the host's value must not change");
 
         // Path form, for names with dots; multi-value sysctls compare by field.
