@@ -437,6 +437,8 @@ fn doctor_finds_problems() -> Result<(), String> {
     ])?;
     // Strict reverse-path filtering everywhere.
     h.sh(&["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1"])?;
+    // Forwarding off: a new namespace copies the machine's value, which dockerd turns on.
+    h.sh(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])?;
     // A veth whose peer namespace nobody can name: the namespace is kept alive only by the
     // handle this test holds, its /run/netns entry is gone.
     let ghost_name = names::unique("ghost");
@@ -492,7 +494,7 @@ fn doctor_finds_problems() -> Result<(), String> {
     let fw = check(&r, "ip_forward")?;
     ensure(
         fw["verdict"] == "fail",
-        format!("ip_forward in a fresh namespace is 0: {fw}"),
+        format!("ip_forward is 0 in the fake host: {fw}"),
     )?;
     // An accept rule for the bridge clears the forward check.
     h.sh(&["nft", "add rule inet nltdoc FORWARD iifname \"br0\" accept"])?;
