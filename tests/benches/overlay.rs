@@ -2,7 +2,11 @@
 //! (needs root, etcd and iperf3; uses the release binaries next to the bench executable).
 //!
 //! 1. TCP throughput container → container across two fake hosts over the overlay, against the
-//!    same two hosts talking directly over their underlay veths (iperf3, 5 s, twice each).
+//!    same two hosts talking directly over their underlay veths: the same iperf3 options, runs
+//!    alternating (overlay, underlay, overlay, …; `NETLOOM_BENCH_ROUNDS`, default 5), medians and
+//!    the median of the per-round ratios. Then the same with tx checksum offload turned off on
+//!    both VXLAN devices (the flannel#1279 workaround old kernels need), to show its cost in
+//!    the same run. `NETLOOM_BENCH_ONLY=throughput` stops after this part.
 //! 2. Convergence: time from an ADD returning on host 0 to the first answered ping from a
 //!    container on host 1 (20 samples).
 //! 3. Per-ADD cost as the overlay grows: 3 hosts × 100 endpoints, ADDs round-robin.
@@ -45,7 +49,8 @@ fn in_ns(path: &Path, argv: &[&str]) -> Result<Command, String> {
     Ok(cmd)
 }
 
-/// One iperf3 run: server in `server_ns` on `ip`, client in `client_ns`; Gbit/s received.
+/// One iperf3 run (4 s, one stream, defaults otherwise): server in `server_ns` on `ip`, client
+/// in `client_ns`; Gbit/s received.
 fn iperf(server_ns: &Path, client_ns: &Path, ip: &str) -> Result<f64, String> {
     let mut server: Child = in_ns(server_ns, &["iperf3", "-s", "-1", "-B", ip])?
         .stdout(Stdio::null())
@@ -53,7 +58,7 @@ fn iperf(server_ns: &Path, client_ns: &Path, ip: &str) -> Result<f64, String> {
         .spawn()
         .map_err(|e| format!("iperf3 -s: {e}"))?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = in_ns(client_ns, &["iperf3", "-c", ip, "-t", "5", "-J"])?
+    let out = in_ns(client_ns, &["iperf3", "-c", ip, "-t", "4", "-J"])?
         .output()
         .map_err(|e| format!("iperf3 -c: {e}"))?;
     let _ = server.kill();
@@ -93,20 +98,83 @@ fn bench() -> Result<(), String> {
     let h0 = lab.hosts[0].fh.netns().path().to_path_buf();
     let h1 = lab.hosts[1].fh.netns().path().to_path_buf();
     let v1 = lab.hosts[1].vtep.to_string();
-    let (mut ov, mut ul) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        ov.push(iperf(&b.netns, &a.netns, &b.ip)?);
-        ul.push(iperf(&h1, &h0, &v1)?);
-    }
-    let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    let rounds: usize = std::env::var("NETLOOM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|x, y| x.total_cmp(y));
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let vx = vxlan_dev(&net);
+    let set_csum = |on: bool| -> Result<(), String> {
+        for h in [&h0, &h1] {
+            let ns = engine_core::netns::Netns::open(h).map_err(|e| e.to_string())?;
+            engine_core::netlink::ethtool::set_tx_checksum(Some(&ns), &vx, on)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    let csum_now = {
+        let ns = engine_core::netns::Netns::open(&h0).map_err(|e| e.to_string())?;
+        engine_core::netlink::ethtool::tx_checksum(Some(&ns), &vx).map_err(|e| e.to_string())?
+    };
+    let measure = |label: &str, rounds: usize| -> Result<(), String> {
+        let (mut ov, mut ul, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let o = iperf(&b.netns, &a.netns, &b.ip)?;
+            let u = iperf(&h1, &h0, &v1)?;
+            ov.push(o);
+            ul.push(u);
+            ratio.push(o / u);
+        }
+        println!(
+            "throughput, {label}, {rounds} alternating rounds: overlay median {:.2} Gbit/s ({}), \
+             underlay veth median {:.2} Gbit/s ({}); ratio of medians {:.2}, median of per-round \
+             ratios {:.2} ({})",
+            median(&ov),
+            fmt(&ov),
+            median(&ul),
+            fmt(&ul),
+            median(&ov) / median(&ul),
+            median(&ratio),
+            fmt(&ratio)
+        );
+        Ok(())
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "throughput: overlay {:.2} Gbit/s (runs {:?}), underlay veth {:.2} Gbit/s (runs {:?}), ratio {:.2}",
-        best(&ov),
-        ov.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>(),
-        best(&ul),
-        ul.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>(),
-        best(&ov) / best(&ul)
+        "load average before: {}; tx checksum offload on the VXLAN devices as created: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        if csum_now { "on" } else { "off" }
     );
+    measure("VXLAN devices as netloom creates them", rounds)?;
+    set_csum(false)?;
+    let forced = measure(
+        "tx checksum offload forced off (the old-kernel workaround)",
+        3,
+    );
+    set_csum(csum_now)?;
+    forced?;
+    if std::env::var("NETLOOM_BENCH_ONLY").as_deref() == Ok("throughput") {
+        return Ok(());
+    }
 
     // 2. Convergence.
     let mut conv = Vec::new();
