@@ -62,6 +62,10 @@ pub struct Cli {
     /// before the other hosts purge them; 0: never [default: 86400].
     #[arg(long, value_name = "SECS")]
     pub purge_hosts_after: Option<u64>,
+    /// Remove the overlay records (endpoints, address leases) of the host with this tunnel
+    /// address from the global store (`--store`), then exit; refused while its agent is alive.
+    #[arg(long, value_name = "VTEP")]
+    pub purge_overlay_host: Option<std::net::IpAddr>,
 }
 
 /// The config file: the same settings as the flags.
@@ -102,6 +106,8 @@ pub struct Settings {
     pub host_ttl: std::time::Duration,
     /// How long a departed host's overlay records stay; None: until purged by hand.
     pub purge_hosts_after: Option<std::time::Duration>,
+    /// One-shot: purge this host's overlay records and exit.
+    pub purge_overlay_host: Option<std::net::IpAddr>,
 }
 
 impl FileConfig {
@@ -200,6 +206,7 @@ impl Settings {
                 Some(s) => Some(std::time::Duration::from_secs(s)),
                 None => Some(drivers::overlay::agent::DEFAULT_PURGE_AFTER),
             },
+            purge_overlay_host: cli.purge_overlay_host,
         })
     }
 

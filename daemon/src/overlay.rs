@@ -186,6 +186,18 @@ pub fn publish(
     )
 }
 
+/// `netloomd --purge-overlay-host`: removes the records of a host that is gone for good from
+/// the global store at once, instead of waiting for `--purge-hosts-after`.
+pub fn purge_host(spec: &str, host: IpAddr) -> Result<control::PurgeReport> {
+    let global = engine_core::store::open_global(spec)?;
+    let ipam = StoreIpam::new(global.clone(), ipam::no_host_routes());
+    let id = control::host_id(host);
+    let r = control::purge_host(global.as_ref(), Some(&ipam), &id)?;
+    // Its departure note, if any, has nothing left to date.
+    global.delete(&control::departed_key(&id), engine_core::Expect::Any)?;
+    Ok(r)
+}
+
 /// Withdraws a local container (idempotent).
 pub fn withdraw(ctx: &OverlayCtx, overlay: &str, owner: &str) -> Result<()> {
     control::withdraw_endpoint(ctx.global.as_ref(), overlay, ctx.vtep, owner)

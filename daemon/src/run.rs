@@ -81,6 +81,21 @@ fn start_overlay_agent(
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    if let Some(host) = settings.purge_overlay_host {
+        // An operator command, not a daemon: no local state, no sockets.
+        let spec = settings
+            .store
+            .clone()
+            .ok_or_else(|| anyhow!("--purge-overlay-host needs --store etcd://…"))?;
+        let r = http::off_runtime(move || crate::overlay::purge_host(&spec, host))
+            .await
+            .map_err(|e| anyhow!("--purge-overlay-host {host}: {e}"))??;
+        println!(
+            "purged overlay host {host}: {} endpoint records, {} address leases",
+            r.endpoints, r.addresses
+        );
+        return Ok(());
+    }
     tracing::info!(state_dir = %settings.state_dir.display(), plugin_dir = %settings.plugin_dir.display(), "netloomd starting");
     // Deleting a veth takes the kernel tens of ms; a daemon can leave that to a thread and
     // answer DeleteEndpoint at once.

@@ -43,6 +43,11 @@ fn main() {
         dead_host_purge,
     )
     .test(
+        "overlay::purge_command_removes_a_dead_hosts_records",
+        CAPS,
+        purge_command,
+    )
+    .test(
         "overlay::etcd_outage_keeps_traffic_and_fails_add_clearly",
         CAPS,
         etcd_outage,
@@ -382,6 +387,68 @@ fn dead_host_purge() -> Result<(), String> {
     })
     .map_err(|e| format!("host 2's agent did not warn about its purged records: {e}"))?;
     lab.hosts[2].agent = Some(back);
+    Ok(())
+}
+
+/// `netloomd --store … --purge-overlay-host VTEP`, run in host 0.
+fn purge_cmd(lab: &Lab, vtep: std::net::IpAddr) -> Result<Outcome, String> {
+    let mut cmd = lab.hosts[0].fh.command(our_bin("netloomd")?)?;
+    cmd.args(["--store", &lab.etcd.url(), "--purge-overlay-host"])
+        .arg(vtep.to_string())
+        .stdin(Stdio::null());
+    let out = cmd.output().map_err(|e| format!("run netloomd: {e}"))?;
+    Ok(Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+fn purge_command() -> Result<(), String> {
+    // No automatic purge: only the command removes anything.
+    let mut lab = Lab::with_agent_args(2, V4, &["--purge-hosts-after", "0"])?;
+    let net = names::unique("ovq");
+    let subnet = overlay_subnet();
+    let mut ctrs = Vec::new();
+    for i in 0..2 {
+        let c = conf(&lab, &lab.hosts[i], &net, &subnet, json!({}));
+        let (ctr, _) = add(&mut lab.hosts[i], &c, &format!("c{i}"))?;
+        ctrs.push(ctr);
+    }
+    ping_until(&ctrs[0].netns, &ctrs[1].ip, Duration::from_secs(10))?;
+    let eps = format!("overlay/endpoints/{net}");
+    let leases = format!("ipam/leases/cni:overlay:{net}:0");
+    let vtep1 = lab.hosts[1].vtep;
+    let tag = format!("/{vtep1}/");
+    // A live host is refused.
+    let out = purge_cmd(&lab, vtep1)?;
+    if out.code == 0 || !out.stderr.contains("is registered") {
+        return Err(format!("purging a live host: {} {}", out.code, out.stderr));
+    }
+    if !etcd_keys(&lab, &eps)?.iter().any(|k| k.contains(&tag)) {
+        return Err("the refused purge removed records".into());
+    }
+    // Host 1 dies; once its lease is gone the command removes its record and lease at once.
+    if let Some(a) = lab.hosts[1].agent.as_mut() {
+        a.kill9();
+    }
+    let entry = format!("{} dst ", ctrs[1].mac);
+    wait_for(Duration::from_secs(15), || {
+        Ok(!fdb(&lab.hosts[0], &net)?.contains(&entry))
+    })?;
+    let out = purge_cmd(&lab, vtep1)?;
+    if out.code != 0 || !out.stdout.contains("1 endpoint records, 1 address leases") {
+        return Err(format!("purge: {} {} {}", out.code, out.stdout, out.stderr));
+    }
+    let (k, l) = (etcd_keys(&lab, &eps)?, etcd_keys(&lab, &leases)?);
+    let ip1 = format!("/{}", ctrs[1].ip);
+    let ip0 = format!("/{}", ctrs[0].ip);
+    if k.iter().any(|x| x.contains(&tag)) || l.iter().any(|x| x.ends_with(&ip1)) {
+        return Err(format!("host 1's records stayed: {k:?} {l:?}"));
+    }
+    if k.len() != 1 || !l.iter().any(|x| x.ends_with(&ip0)) {
+        return Err(format!("host 0's records were touched: {k:?} {l:?}"));
+    }
     Ok(())
 }
 
