@@ -25,6 +25,8 @@ pub(crate) struct Work<'a> {
     pub requests: &'a [Vec<u8>],
     /// NUL-terminated paths unlinked after the requests.
     pub unlink: &'a [std::ffi::CString],
+    /// How long the child waits after the parent exited before it starts.
+    pub linger: std::time::Duration,
 }
 
 /// Forks the child that does `work` after this process exits. Returns false when it could not
@@ -39,7 +41,7 @@ pub(crate) fn hand_over(work: &Work<'_>) -> bool {
     let mut keep: Vec<RawFd> = work.keep.iter().copied().chain([rd]).collect();
     keep.sort_unstable();
     // SAFETY: the child calls only async-signal-safe functions (close_range, setsid, read,
-    // send, unlink, close, _exit) on memory prepared before the fork, as required after fork in
+    // nanosleep, send, unlink, close, _exit) on memory prepared before the fork, as required after fork in
     // a multi-threaded process.
     match unsafe { libc::fork() } {
         0 => unsafe {
@@ -58,6 +60,13 @@ pub(crate) fn hand_over(work: &Work<'_>) -> bool {
             while libc::read(rd, &mut b as *mut u8 as *mut libc::c_void, 1) < 0
                 && *libc::__errno_location() == libc::EINTR
             {}
+            let ts = libc::timespec {
+                tv_sec: work.linger.as_secs() as libc::time_t,
+                tv_nsec: work.linger.subsec_nanos() as libc::c_long,
+            };
+            if ts.tv_sec > 0 || ts.tv_nsec > 0 {
+                libc::nanosleep(&ts, std::ptr::null_mut());
+            }
             if let Some(&sock) = work.keep.first() {
                 for r in work.requests {
                     // netlink requests to the kernel are handled inside send(2): when it

@@ -87,6 +87,7 @@ impl DeferredDeletes {
             keep: &[self.sock.as_raw_fd()],
             requests: &self.requests,
             unlink: &self.unlink,
+            linger: std::time::Duration::ZERO,
         })
         // Our copy of the socket closes here; the child's keeps the namespace alive.
     }

@@ -1667,7 +1667,16 @@ impl Drop for Socket {
 /// socket on exit, so DEL would return 15 ms late for nothing. Instead a forked child keeps
 /// the socket open until this process has exited and then closes it: the wait moves to a
 /// process nobody waits for.
+///
+/// The child also waits a little before it closes: the kernel does that flush holding the
+/// ruleset's commit mutex, so a close right away stalls the next plugin's transaction (the
+/// bridge DEL that follows a portmap DEL in a chain) for the grace period. By the time the
+/// child closes, the kernel's own worker has usually freed the objects, and the close finds
+/// nothing to wait for.
 mod release {
+    /// Longer than a grace period on a busy machine (10–40 ms measured).
+    const LINGER: std::time::Duration = std::time::Duration::from_millis(150);
+
     /// Hands the last reference of `fd` to a child that closes it after this process exited;
     /// the caller's own close (at exit) is then quick. Best effort: if fork fails, the caller
     /// simply pays the wait.
@@ -1676,6 +1685,7 @@ mod release {
             keep: &[fd],
             requests: &[],
             unlink: &[],
+            linger: LINGER,
         });
     }
 }
