@@ -1435,7 +1435,10 @@ fn doctor_overlay_checks() -> Result<(), String> {
         "ok"
     };
     ensure(
-        c["verdict"] == want && c["findings"].to_string().contains("host:vx0 tx-checksumming on"),
+        c["verdict"] == want
+            && c["findings"]
+                .to_string()
+                .contains("host:vx0 tx-checksumming on"),
         format!("vxlan_csum (want {want}): {c}"),
     )?;
     let c = check(&r, "overlay_mtu")?;
