@@ -128,7 +128,9 @@ async fn ask(up: SocketAddr, wire: &[u8], id: u16, query: &Query) -> Result<Mess
     // Connected: only the upstream's datagrams arrive, and ICMP unreachable fails fast.
     sock.connect(up).await.map_err(|e| e.to_string())?;
     sock.send(wire).await.map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 65_535];
+    // We advertise 1232 bytes (EDNS): 4096 holds any answer that honours it. Not 64 KB: up to
+    // one buffer per query in flight, and a burst of cache misses would leave the heap large.
+    let mut buf = vec![0u8; 4096];
     let msg = loop {
         let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
         if let Ok(m) = Message::from_vec(&buf[..n]) {

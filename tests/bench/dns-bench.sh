@@ -105,7 +105,7 @@ p50() { # port name → median latency of 2000 sequential queries (one outstandi
 perf "warm-up netloom fwd" 53 udp "$WORK/fwd.txt" >/dev/null
 echo
 echo "== $(date -u '+%F %H:%M UTC') load $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'), ${SECS}s each, dnsperf -c 8 -q 200"
-echo "netloom-dnsd serving threads: ${NETLOOM_DNSD_THREADS:-default (one per core, at most 4)}"
+echo "netloom-dnsd serving threads: ${NETLOOM_DNSD_THREADS:-default (two per core, 2 to 4)}"
 RATIOS=""
 for r in $(seq "$REPS"); do
     perf "netloom  local names  UDP #$r" 53 udp "$WORK/local.txt"
