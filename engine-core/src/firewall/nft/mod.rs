@@ -868,6 +868,30 @@ impl NftFirewall {
             "{what}: the nftables ruleset kept changing; gave up after {MAX_ATTEMPTS} attempts"
         )))
     }
+
+    /// Runs `attempt`, which reports whether `what_vanished` (the network's base rules) was
+    /// missing and nothing was done; then restores the network's rules and tries once more.
+    /// Someone flushing the ruleset between our calls is healed, not reported as an error.
+    fn healing(
+        &self,
+        net: &NetworkRules,
+        what: &str,
+        what_vanished: &str,
+        mut attempt: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
+        let mut healed = false;
+        while attempt()? {
+            if healed {
+                return Err(Error::Firewall(format!(
+                    "{what}: {what_vanished} vanished again right after being restored"
+                )));
+            }
+            warn!(network = %net.network_id, "{what_vanished} missing; restoring the network's rules first");
+            self.setup_network(net)?;
+            healed = true;
+        }
+        Ok(())
+    }
 }
 
 impl Firewaller for NftFirewall {
@@ -978,8 +1002,7 @@ impl Firewaller for NftFirewall {
             ep.owner, net.network_id
         );
         let desired = plan::endpoint_elements(net, ep)?;
-        let mut healed = false;
-        loop {
+        self.healing(net, &what, "the network's rules", || {
             let mut missing = false;
             let want = Want {
                 rules: false,
@@ -999,18 +1022,8 @@ impl Firewaller for NftFirewall {
                 }
                 p.ensure_endpoint(net, ep, false, false)
             })?;
-            if !missing {
-                break;
-            }
-            if healed {
-                return Err(Error::Firewall(format!(
-                    "{what}: the network's rules vanished again right after being restored"
-                )));
-            }
-            warn!(network = %net.network_id, "firewall rules of the network are missing; restoring them first");
-            self.setup_network(net)?;
-            healed = true;
-        }
+            Ok(missing)
+        })?;
         debug!(endpoint = %ep.owner, network = %net.network_id, ports = ep.ports.len(), "endpoint firewall entries in place");
         Ok(())
     }
@@ -1045,8 +1058,7 @@ impl Firewaller for NftFirewall {
             "MAC spoof check of {} on network {}",
             sc.owner, net.network_id
         );
-        let mut healed = false;
-        loop {
+        self.healing(net, &what, "netloom's bridge table", || {
             let mut missing = false;
             let want = Want {
                 rules: false,
@@ -1069,18 +1081,8 @@ impl Firewaller for NftFirewall {
                 }
                 Ok(())
             })?;
-            if !missing {
-                break;
-            }
-            if healed {
-                return Err(Error::Firewall(format!(
-                    "{what}: the bridge table vanished again right after being restored"
-                )));
-            }
-            warn!(network = %net.network_id, "netloom's bridge table is missing; restoring the network's rules first");
-            self.setup_network(net)?;
-            healed = true;
-        }
+            Ok(missing)
+        })?;
         debug!(endpoint = %sc.owner, port = %sc.port, "MAC spoof check in place");
         Ok(())
     }
