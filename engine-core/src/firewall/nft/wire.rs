@@ -83,6 +83,10 @@ const ELEMS_PER_MSG: usize = 128;
 const UDATA_COMMENT: u8 = 0;
 /// udata type of a set's comment.
 const UDATA_SET_COMMENT: u8 = 7;
+/// udata type of a set's key byte order (nft's `NFTNL_UDATA_SET_KEYBYTEORDER`), and nft's
+/// value for host byte order.
+const UDATA_SET_KEYBYTEORDER: u8 = 0;
+const BYTEORDER_HOST_ENDIAN: u32 = 1;
 
 fn cstring(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| Error::InvalidConfig(format!("{s:?} contains a NUL byte")))
@@ -608,11 +612,18 @@ impl RawSet {
             let lens: Vec<u8> = s.key.iter().map(|f| f.size() as u8).collect();
             raw.set_data(NFTNL_SET_DESC_CONCAT, &lens);
         }
+        let mut udata = Vec::new();
+        if s.key == [ir::Field::Ifname] {
+            // nft reads an interface name key as a big-endian number unless told otherwise,
+            // and `nft list` then shows every name as "" (the kernel does not care).
+            udata.extend([UDATA_SET_KEYBYTEORDER, 4]);
+            udata.extend(BYTEORDER_HOST_ENDIAN.to_ne_bytes());
+        }
         if !s.comment.is_empty() {
-            raw.set_data(
-                sys::NFTNL_SET_USERDATA as u16,
-                &udata_comment(UDATA_SET_COMMENT, &s.comment),
-            );
+            udata.extend(udata_comment(UDATA_SET_COMMENT, &s.comment));
+        }
+        if !udata.is_empty() {
+            raw.set_data(sys::NFTNL_SET_USERDATA as u16, &udata);
         }
         Ok(raw)
     }
