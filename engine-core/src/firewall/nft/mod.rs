@@ -633,6 +633,21 @@ impl<'a> Plan<'a> {
 }
 
 impl Plan<'_> {
+    /// One container's spoof-check entries (its port, its port . MAC), with the sets and
+    /// chain they live in.
+    fn ensure_spoof_entries(&mut self, elems: &[(&str, Element)], tag: &str) -> Result<()> {
+        self.ensure_spoof_skeleton()?;
+        for (fam, set) in SPOOF_SETS {
+            let w: Vec<&Element> = elems
+                .iter()
+                .filter(|(s, _)| *s == set)
+                .map(|(_, e)| e)
+                .collect();
+            self.ensure_elements(fam, set, &w, tag, false)?;
+        }
+        Ok(())
+    }
+
     /// The spoof check's sets and base chain, when missing (made on first use).
     fn ensure_spoof_skeleton(&mut self) -> Result<()> {
         for set in plan::spoof_sets() {
@@ -1070,16 +1085,7 @@ impl Firewaller for NftFirewall {
                 if missing {
                     return Ok(());
                 }
-                p.ensure_spoof_skeleton()?;
-                for (fam, set) in SPOOF_SETS {
-                    let w: Vec<&Element> = elems
-                        .iter()
-                        .filter(|(s, _)| *s == set)
-                        .map(|(_, e)| e)
-                        .collect();
-                    p.ensure_elements(fam, set, &w, &tag, false)?;
-                }
-                Ok(())
+                p.ensure_spoof_entries(&elems, &tag)
             })?;
             Ok(missing)
         })?;
@@ -1145,16 +1151,7 @@ impl Firewaller for NftFirewall {
                         p.drifts.push(drift(what, "missing"));
                     }
                 }
-                p.ensure_spoof_skeleton()?;
-                for (fam, set) in SPOOF_SETS {
-                    let w: Vec<&Element> = elems
-                        .iter()
-                        .filter(|(s, _)| *s == set)
-                        .map(|(_, e)| e)
-                        .collect();
-                    p.ensure_elements(fam, set, &w, &tag, false)?;
-                }
-                Ok(())
+                p.ensure_spoof_entries(&elems, &tag)
             },
         )
     }
