@@ -3,8 +3,7 @@
 //! Layout under the state directory:
 //! - `data/<seg>/<seg>/…/%v` — the value of a key, written to a temporary file and swapped
 //!   into place (renamed, or exchanged with the old value; fsynced first with [`Sync::Durable`]),
-//!   so a reader or a killed writer sees the old value or the new one, never half. `%spare`
-//!   beside it holds the value before, which the next write reuses.
+//!   so a reader or a killed writer sees the old value or the new one, never half.
 //!   `%v` cannot be an escaped segment (escapes are `%` + two hex digits), so a key can hold a
 //!   value and have children at the same time.
 //! - `locks/stripe-NN` — flock'd for the few microseconds of one compare-and-swap; keys hash onto
@@ -19,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,12 +27,6 @@ use super::{Expect, Key, LockGuard, PutOutcome, StateStore, Versioned};
 use crate::error::{Error, Result};
 
 const VALUE_FILE: &str = "%v";
-/// The key's previous value, kept to be overwritten by the next write and swapped in. Why:
-/// on a filesystem without a journal (this project's VMs) ext4 skips every inode freed in the
-/// last minute when it allocates one, so a store that created and freed a file per write made
-/// each create slower the busier it was (0.05 → 0.4–2 ms). Like `%v`, `%spare` cannot be an
-/// escaped key segment.
-const SPARE_FILE: &str = "%spare";
 const MAGIC: &[u8] = b"netloom-v1 ";
 const STRIPES: u64 = 64;
 /// Directories this close to `data/` stay when they empty: they are the collections
@@ -171,24 +164,6 @@ impl FileStore {
         if !replaces {
             fs::create_dir_all(dir)?;
         }
-        let mut buf = Vec::with_capacity(MAGIC.len() + 21 + value.len());
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(version.to_string().as_bytes());
-        buf.push(b'\n');
-        buf.extend_from_slice(value);
-        let target = dir.join(VALUE_FILE);
-        if replaces && self.sync == Sync::Atomic {
-            // The spare (the value before last) is rewritten in place and swapped in: no
-            // inode is created or freed (see SPARE_FILE).
-            let spare = dir.join(SPARE_FILE);
-            if let Ok(f) = OpenOptions::new().write(true).open(&spare) {
-                // Torn by a crash, the spare is never read: only the exchange publishes it.
-                f.write_all_at(&buf, 0)?;
-                f.set_len(buf.len() as u64)?;
-                drop(f);
-                return exchange(&spare, &target);
-            }
-        }
         let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), next_tmp_id()));
         let result = (|| {
             let mut f = OpenOptions::new()
@@ -196,21 +171,23 @@ impl FileStore {
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
+            let mut buf = Vec::with_capacity(MAGIC.len() + 21 + value.len());
+            buf.extend_from_slice(MAGIC);
+            buf.extend_from_slice(version.to_string().as_bytes());
+            buf.push(b'\n');
+            buf.extend_from_slice(value);
             f.write_all(&buf)?;
             if self.sync == Sync::Durable {
                 // Data before rename: after a power cut the key holds the old or the new
                 // value, never an empty file.
                 f.sync_data()?;
-                return fs::rename(&tmp, &target);
+                return fs::rename(&tmp, dir.join(VALUE_FILE));
             }
+            let target = dir.join(VALUE_FILE);
             if replaces {
-                exchange(&tmp, &target)?;
-                // The old value, now under the temporary name, becomes the spare. Should
-                // that fail, the leftover is removed by `walk` once this process is gone.
-                let _ = fs::rename(&tmp, dir.join(SPARE_FILE));
-                return Ok(());
+                return replace_by_exchange(&tmp, &target);
             }
-            fs::rename(&tmp, &target)
+            fs::rename(&tmp, target)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -306,7 +283,6 @@ impl StateStore for FileStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("delete {key}"), e)),
         }
-        let _ = fs::remove_file(dir.join(SPARE_FILE));
         self.remove_empty_parents(dir);
         Ok(PutOutcome::Written(current.unwrap_or(0)))
     }
@@ -360,31 +336,35 @@ fn next_version(current: Option<u64>) -> u64 {
     now.max(current.unwrap_or(0) + 1)
 }
 
-/// Swaps the names `from` and `target` (both exist): the new value becomes the key's, the old
-/// one stays under `from`.
+/// Puts `tmp` in place of the existing `target` by swapping the two names, then removes the
+/// old value (now under `tmp`).
 ///
-/// Why not a plain rename over the old value: ext4 (with its default `auto_da_alloc`) starts
-/// writeback of the new file's data whenever a rename replaces an existing file, and unlinking
-/// or replacing that file again soon after then waits for the disk. Records rewritten several
-/// times per operation (journal steps, the allocation hint) paid 0.3–4 ms each for it on this
-/// project's VMs; the exchange costs ~40 µs. It is as atomic as the rename for readers and for
-/// a killed writer. Only a power cut differs: the new value may be lost as an empty file, which
-/// reads as absent — the promise of [`Sync::Atomic`]; [`Sync::Durable`] keeps the fsync and
-/// the plain rename.
-fn exchange(from: &Path, target: &Path) -> io::Result<()> {
+/// Why not a plain rename: ext4 (with its default `auto_da_alloc`) starts writeback of the new
+/// file's data whenever a rename replaces an existing file, and unlinking or replacing that
+/// file again soon after then waits for the disk. Records that are rewritten several times per
+/// operation (journal steps, the allocation hint) paid 0.3–4 ms each for it on this project's
+/// VMs; the exchange costs ~40 µs. The exchange is as atomic as the rename for readers and for
+/// a killed writer (a leftover `.tmp-<pid>-…` holding the old value is cleaned up by `walk`).
+/// Only a power cut differs: the new value may be lost as an empty file, which reads as absent —
+/// the promise of [`Sync::Atomic`]; [`Sync::Durable`] keeps the fsync and the plain rename.
+fn replace_by_exchange(tmp: &Path, target: &Path) -> io::Result<()> {
     use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
     match renameat2(
         AT_FDCWD,
-        from,
+        tmp,
         AT_FDCWD,
         target,
         RenameFlags::RENAME_EXCHANGE,
     ) {
-        Ok(()) => Ok(()),
-        // A filesystem without the exchange (EINVAL): the plain rename is always correct;
-        // `from` is then gone, which callers allow for.
-        Err(nix::errno::Errno::EINVAL) => fs::rename(from, target),
-        Err(e) => Err(io::Error::from(e)),
+        // The new value is in place: a failed unlink only leaves a stale temporary file,
+        // which `walk` removes once this process is gone.
+        Ok(()) => {
+            let _ = fs::remove_file(tmp);
+            Ok(())
+        }
+        // Filesystems without the exchange (EINVAL), or the target deleted by a writer that
+        // ignores our stripe lock (ENOENT): the plain rename is always correct.
+        Err(_) => fs::rename(tmp, target),
     }
 }
 
@@ -546,29 +526,21 @@ mod tests {
     }
 
     #[test]
-    fn rewrites_reuse_one_spare_and_deletes_keep_only_collections() {
+    fn rewrites_leave_one_file_and_deletes_keep_only_collections() {
         let (s, d) = tmp_store();
         let k = Key::new(["journal", "network/web", "op-1"]);
         for i in 0..5u8 {
             s.put(&k, &[b'a' + i], Expect::Any).unwrap();
         }
         assert_eq!(s.get(&k).unwrap().unwrap().value, b"e");
-        // No temporary file is left: the value and the one spare the writes take turns with.
+        // The exchange left no temporary file holding an old value.
         let dir = d.0.join("data").join(k.as_str());
-        let mut names: Vec<_> = fs::read_dir(&dir)
+        let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .flatten()
-            .map(|e| e.file_name().into_string().unwrap())
+            .map(|e| e.file_name())
             .collect();
-        names.sort();
-        assert_eq!(names, vec![SPARE_FILE.to_string(), VALUE_FILE.to_string()]);
-        // A shorter value over the spare's longer one leaves no tail behind.
-        s.put(&k, b"a much longer value than the others", Expect::Any)
-            .unwrap();
-        s.put(&k, b"x", Expect::Any).unwrap();
-        s.put(&k, b"y", Expect::Any).unwrap();
-        assert_eq!(s.get(&k).unwrap().unwrap().value, b"y");
-        assert_eq!(s.list(&k).unwrap().len(), 1);
+        assert_eq!(names, vec![std::ffi::OsString::from(VALUE_FILE)]);
         assert!(s.delete(&k, Expect::Any).unwrap().is_written());
         // The operation's own directory goes; the collection it lived in stays for the next.
         assert!(!dir.exists());
