@@ -582,7 +582,13 @@ impl Engine {
             options: Default::default(),
         });
         let mut errors = Vec::new();
-        if let (Some(fw), Some(rules)) = (&self.firewall, network_rules(&net)) {
+        // An endpoint's firewall entries are its published ports. A stored endpoint without
+        // any has nothing to remove, and not asking saves a CNI DEL opening the firewall at
+        // all (see `LazyFirewall`). An endpoint we have no record of is cleaned up by its tag.
+        let may_have_entries = stored.as_ref().is_none_or(|e| !e.ports.is_empty());
+        if let (Some(fw), Some(rules), true) =
+            (&self.firewall, network_rules(&net), may_have_entries)
+        {
             if let Err(e) = fw.del_endpoint(&rules, &endpoint_rules(&net, &ep)) {
                 errors.push(e);
             }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use engine_core::engine::{Engine, OverlapPolicy};
-use engine_core::firewall::{select, FirewallChoice, Firewaller};
+use engine_core::firewall::{FirewallChoice, Firewaller, LazyFirewall};
 use engine_core::ipam::RangeSpec;
 use engine_core::ipam::{Ipam, PoolRequest, OPT_ALLOW_OVERLAP};
 use engine_core::netlink::Netlink;
@@ -55,7 +55,8 @@ fn firewall(backend: Option<&str>) -> Result<Arc<dyn Firewaller>, CniError> {
             })?
         }
     };
-    Ok(Arc::from(select(choice, None)?))
+    // Opened on first use: most ADDs and DELs never need it (see `LazyFirewall`).
+    Ok(Arc::new(LazyFirewall::new(choice, None)?))
 }
 
 /// What a plugin needs opened besides the store and IPAM.

@@ -11,6 +11,7 @@
 
 pub mod iptables;
 pub mod ir;
+pub mod lazy;
 pub mod nft;
 pub mod plan;
 mod sysctl;
@@ -128,6 +129,7 @@ pub trait Firewaller: Send + Sync {
 }
 
 pub use self::iptables::IptablesFirewall;
+pub use self::lazy::LazyFirewall;
 pub use self::nft::NftFirewall;
 
 /// Which backend to use (`--firewall nftables|iptables|auto`).
