@@ -1045,6 +1045,22 @@ fn portmap_chain() -> Result<(), String> {
     bad_conf["runtimeConfig"]["portMappings"][0]["hostPort"] = json!(70000);
     run(&net.host, &portmap, &bad, &bad_conf)?.err_code(7)?;
     run(&net.host, &portmap, &del_b, &bad_conf)?.ok()?;
+    // Someone flushes the whole ruleset (a firewalld reload): portmap's ADD, which trusts the
+    // main plugin to have set the network up, finds the network's rules missing and puts them
+    // back before its own entries.
+    net.host.sh(&["nft", "flush", "ruleset"])?;
+    let heal = Call {
+        command: "ADD",
+        ..call_b.clone()
+    };
+    run(&net.host, &portmap, &heal, &pm_conf(&rb, 18082))?.ok()?;
+    serve(&b, 8080, "hello from b")?;
+    let got = fetch(&out, "198.18.9.1:18082")?;
+    ensure(
+        got == "hello from b",
+        format!("port published after a ruleset flush answered {got:?}"),
+    )?;
+    run(&net.host, &portmap, &del_b, &pm_conf(&rb, 18082))?.ok()?;
     net.call("DEL", "pma", Some(&a), "eth0")?.ok()?;
     net.call("DEL", "pmb", Some(&b), "eth0")?.ok()?;
     let rules = String::from_utf8_lossy(
@@ -1054,7 +1070,7 @@ fn portmap_chain() -> Result<(), String> {
     )
     .into_owned();
     ensure(
-        !rules.contains("18080"),
+        !rules.contains("18080") && !rules.contains("18082"),
         format!("published port left in the firewall:\n{rules}"),
     )?;
     Ok(())

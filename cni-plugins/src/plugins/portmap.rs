@@ -59,14 +59,20 @@ fn open(config: &crate::config::NetConf) -> Result<(PortmapConf, Context), CniEr
 
 /// The network's firewall view: netloom's own when netloom-bridge made the network, else one
 /// derived from the main plugin's result (its host-side interface and the container subnets).
-fn network_for(ctx: &Context, name: &str, prev: &CniResult) -> Result<NetworkRules, CniError> {
+/// The network's firewall description, and whether netloom's engine owns the network (its main
+/// plugin set the network's rules up when it created it).
+fn network_for(
+    ctx: &Context,
+    name: &str,
+    prev: &CniResult,
+) -> Result<(NetworkRules, bool), CniError> {
     if let Some(rules) = ctx
         .engine
         .get_network(name)?
         .as_ref()
         .and_then(network_rules)
     {
-        return Ok(rules);
+        return Ok((rules, true));
     }
     let interface = prev
         .interfaces
@@ -83,17 +89,20 @@ fn network_for(ctx: &Context, name: &str, prev: &CniResult) -> Result<NetworkRul
         .iter()
         .filter_map(|i| IpNetwork::new(i.address.network(), i.address.prefix()).ok())
         .collect();
-    Ok(NetworkRules {
-        network_id: name.to_string(),
-        interface,
-        subnets,
-        // The main plugin owns masquerade and isolation; portmap only publishes.
-        masquerade: false,
-        icc: true,
-        internal: false,
-        isolate: false,
-        open_inbound: true,
-    })
+    Ok((
+        NetworkRules {
+            network_id: name.to_string(),
+            interface,
+            subnets,
+            // The main plugin owns masquerade and isolation; portmap only publishes.
+            masquerade: false,
+            icc: true,
+            internal: false,
+            isolate: false,
+            open_inbound: true,
+        },
+        false,
+    ))
 }
 
 impl Plugin for PortmapPlugin {
@@ -113,7 +122,7 @@ impl Plugin for PortmapPlugin {
         }
         let (_conf, ctx) = open(&req.config)?;
         let name = &req.config.name;
-        let network = network_for(&ctx, name, &prev)?;
+        let (network, engine_owned) = network_for(&ctx, name, &prev)?;
         let endpoint = EndpointRules {
             network_id: network.network_id.clone(),
             owner: req.key.owner(),
@@ -133,9 +142,23 @@ impl Plugin for PortmapPlugin {
         };
         ctx.store.put_json(&key, &rec, Expect::Any)?;
         let fw = ctx.firewall()?;
-        let done = fw
-            .setup_network(&network)
-            .and_then(|_| fw.add_endpoint(&network, &endpoint));
+        // A network netloom's engine owns got its rules (and route_localnet) when its main plugin
+        // created it, so the common ADD goes straight to the endpoint's entries: re-verifying
+        // the network's whole ruleset here cost ~20 kernel dumps per ADD. If someone flushed
+        // the rules since, the firewall reports them missing (nftables heals them itself) and
+        // they are set up again. A network of another main plugin is set up (idempotently)
+        // every time, as before: nothing else of ours watches it.
+        let done = if engine_owned {
+            match fw.add_endpoint(&network, &endpoint) {
+                Err(e) if e.kind() == engine_core::ErrorKind::NotFound => fw
+                    .setup_network(&network)
+                    .and_then(|_| fw.add_endpoint(&network, &endpoint)),
+                other => other,
+            }
+        } else {
+            fw.setup_network(&network)
+                .and_then(|_| fw.add_endpoint(&network, &endpoint))
+        };
         if let Err(e) = done {
             let _ = ctx.store.delete(&key, Expect::Any);
             return Err(e.into());
