@@ -329,6 +329,7 @@ impl Engine {
         let mut op = self.begin(&network_scope(id), format!("delete network {id}"))?;
         if let Some(fw) = &self.firewall {
             fw.teardown_network(id)?;
+            crate::firewall::verified::forget(self.store.as_ref(), id)?;
         }
         driver.delete_network(&mut op, &net)?;
         self.store.delete(&network_key(id), Expect::Any)?;
@@ -488,12 +489,24 @@ impl Engine {
         };
         if let (Some(fw), Some(rules)) = (&self.firewall, network_rules(&net)) {
             let ep_rules = endpoint_rules(&net, &endpoint);
-            op.record(UndoStep::Custom {
-                kind: "firewall-endpoint".into(),
-                data: serde_json::to_value((&rules, &ep_rules))
-                    .map_err(|e| Error::json("encode firewall undo", e))?,
-            })?;
-            fw.add_endpoint(&rules, &ep_rules)?;
+            if ep_rules.ports.is_empty() {
+                // Nothing of the endpoint's own to add or undo; only the network's rules must
+                // still be there (restored if someone flushed them).
+                crate::firewall::verified::ensure_network(
+                    self.store.as_ref(),
+                    fw.as_ref(),
+                    self.host_netns.as_deref(),
+                    &rules,
+                    &ep_rules,
+                )?;
+            } else {
+                op.record(UndoStep::Custom {
+                    kind: "firewall-endpoint".into(),
+                    data: serde_json::to_value((&rules, &ep_rules))
+                        .map_err(|e| Error::json("encode firewall undo", e))?,
+                })?;
+                fw.add_endpoint(&rules, &ep_rules)?;
+            }
         }
         if wants_spoofcheck(&net) {
             let (Some(fw), Some(rules)) = (&self.firewall, network_rules(&net)) else {

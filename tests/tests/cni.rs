@@ -1061,6 +1061,23 @@ fn portmap_chain() -> Result<(), String> {
         format!("port published after a ruleset flush answered {got:?}"),
     )?;
     run(&net.host, &portmap, &del_b, &pm_conf(&rb, 18082))?.ok()?;
+    // Flushed again: a plain ADD (no ports) restores the network's rules too. It skips
+    // reading the ruleset back only while the ruleset's generation is the one at which the
+    // rules were last seen, and a flush moves it.
+    net.host.sh(&["nft", "flush", "ruleset"])?;
+    let c = net.host.container("c")?;
+    net.call("ADD", "pmc", Some(&c), "eth0")?.ok()?;
+    let rules = String::from_utf8_lossy(
+        &net.host
+            .sh(&["nft", "list", "table", "inet", "netloom"])?
+            .stdout,
+    )
+    .into_owned();
+    ensure(
+        rules.contains(&format!("masq-{}", net.conf["name"].as_str().unwrap_or_default())),
+        format!("a plain ADD after a flush did not restore the network's rules:\n{rules}"),
+    )?;
+    net.call("DEL", "pmc", Some(&c), "eth0")?.ok()?;
     net.call("DEL", "pma", Some(&a), "eth0")?.ok()?;
     net.call("DEL", "pmb", Some(&b), "eth0")?.ok()?;
     let rules = String::from_utf8_lossy(

@@ -15,6 +15,7 @@ pub mod lazy;
 pub mod nft;
 pub mod plan;
 mod sysctl;
+pub mod verified;
 
 #[cfg(test)]
 mod golden;

@@ -1,0 +1,83 @@
+//! "This network's rules were in place at ruleset generation G": lets an attach that adds no
+//! firewall entries of its own (an endpoint without published ports) skip reading the ruleset
+//! back.
+//!
+//! Why: every attach makes sure its network's rules are still there, so that the next ADD
+//! after someone flushed the ruleset puts them back even with no daemon running. Checking
+//! means reading tables, chains and sets back from the kernel (a fresh CNI process has no
+//! cache), and opening the firewall at all makes the process's exit wait on the kernel's
+//! deferred frees of anyone's recent deletions. nftables' generation changes with every
+//! commit by anyone, so while it stays what it was when the rules were last seen, they are
+//! still there: one GETGEN and one small file read replace the dumps. The stamp also names
+//! the boot and the namespace, because generations start over with each.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{EndpointRules, Firewaller, NetworkRules};
+use crate::error::Result;
+use crate::netns::Netns;
+use crate::store::{Expect, Key, StateStore, StateStoreExt};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    boot_id: String,
+    netns_inode: u64,
+    generation: u64,
+}
+
+fn key(network_id: &str) -> Key {
+    Key::new(["firewall", "verified", network_id])
+}
+
+fn stamp(fw: &dyn Firewaller, netns: Option<&Path>) -> Result<Option<Stamp>> {
+    let Some(generation) = fw.generation()? else {
+        // iptables has no generation: always check.
+        return Ok(None);
+    };
+    let ns = match netns {
+        Some(p) => Netns::open(p)?,
+        None => Netns::current()?,
+    };
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    Ok(Some(Stamp {
+        boot_id,
+        netns_inode: ns.inode()?,
+        generation,
+    }))
+}
+
+/// For an endpoint without published ports: makes sure the network's rules are in place
+/// (restoring them if someone removed them), reading the ruleset only when it changed since
+/// they were last seen in place. `netns` is the namespace the firewall programs (None: the
+/// calling thread's).
+pub fn ensure_network(
+    store: &dyn StateStore,
+    fw: &dyn Firewaller,
+    netns: Option<&Path>,
+    rules: &NetworkRules,
+    portless: &EndpointRules,
+) -> Result<()> {
+    debug_assert!(portless.ports.is_empty());
+    let key = key(&rules.network_id);
+    if let Some(now) = stamp(fw, netns)? {
+        if store.get_json::<Stamp>(&key)?.map(|(_, s)| s) == Some(now) {
+            return Ok(());
+        }
+    }
+    // An endpoint without ports has no entries: this adds nothing and only heals the
+    // network's rules when they are missing.
+    fw.add_endpoint(rules, portless)?;
+    if let Some(now) = stamp(fw, netns)? {
+        store.put_json(&key, &now, Expect::Any)?;
+    }
+    Ok(())
+}
+
+/// Drops the network's stamp (the network is gone).
+pub fn forget(store: &dyn StateStore, network_id: &str) -> Result<()> {
+    store.delete(&key(network_id), Expect::Any).map(|_| ())
+}
