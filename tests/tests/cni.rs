@@ -1067,30 +1067,29 @@ fn portmap_chain() -> Result<(), String> {
     net.host.sh(&["nft", "flush", "ruleset"])?;
     let c = net.host.container("c")?;
     net.call("ADD", "pmc", Some(&c), "eth0")?.ok()?;
-    let rules = String::from_utf8_lossy(
-        &net.host
-            .sh(&["nft", "list", "table", "inet", "netloom"])?
-            .stdout,
-    )
-    .into_owned();
+    let rules = netloom_table(&net.host)?;
     ensure(
-        rules.contains(&format!("masq-{}", net.conf["name"].as_str().unwrap_or_default())),
+        rules.contains(&format!(
+            "masq-{}",
+            net.conf["name"].as_str().unwrap_or_default()
+        )),
         format!("a plain ADD after a flush did not restore the network's rules:\n{rules}"),
     )?;
     net.call("DEL", "pmc", Some(&c), "eth0")?.ok()?;
     net.call("DEL", "pma", Some(&a), "eth0")?.ok()?;
     net.call("DEL", "pmb", Some(&b), "eth0")?.ok()?;
-    let rules = String::from_utf8_lossy(
-        &net.host
-            .sh(&["nft", "list", "table", "inet", "netloom"])?
-            .stdout,
-    )
-    .into_owned();
+    let rules = netloom_table(&net.host)?;
     ensure(
         !rules.contains("18080") && !rules.contains("18082"),
         format!("published port left in the firewall:\n{rules}"),
     )?;
     Ok(())
+}
+
+/// `nft list table inet netloom` in the fake host (empty when the table is gone).
+fn netloom_table(host: &FakeHost) -> Result<String, String> {
+    let out = host.sh(&["nft", "list", "table", "inet", "netloom"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// An "outside" host: a namespace linked to the fake host by a veth, `<net>.1` on the fake
