@@ -27,8 +27,15 @@ struct Stamp {
     generation: u64,
 }
 
-fn key(network_id: &str) -> Key {
-    Key::new(["firewall", "verified", network_id])
+/// Per network and per host (boot and namespace): in a store shared by several hosts (etcd)
+/// each host keeps its own stamp instead of overwriting the others'.
+fn key(network_id: &str, s: &Stamp) -> Key {
+    Key::new([
+        "firewall",
+        "verified",
+        network_id,
+        &format!("{}-{}", s.boot_id, s.netns_inode),
+    ])
 }
 
 fn stamp(fw: &dyn Firewaller, netns: Option<&Path>) -> Result<Option<Stamp>> {
@@ -62,8 +69,8 @@ pub fn ensure_network(
     portless: &EndpointRules,
 ) -> Result<()> {
     debug_assert!(portless.ports.is_empty());
-    let key = key(&rules.network_id);
     if let Some(now) = stamp(fw, netns)? {
+        let key = key(&rules.network_id, &now);
         if store.get_json::<Stamp>(&key)?.map(|(_, s)| s) == Some(now) {
             return Ok(());
         }
@@ -72,12 +79,15 @@ pub fn ensure_network(
     // network's rules when they are missing.
     fw.add_endpoint(rules, portless)?;
     if let Some(now) = stamp(fw, netns)? {
-        store.put_json(&key, &now, Expect::Any)?;
+        store.put_json(&key(&rules.network_id, &now), &now, Expect::Any)?;
     }
     Ok(())
 }
 
-/// Drops the network's stamp (the network is gone).
+/// Drops the network's stamps, every host's (the network is gone).
 pub fn forget(store: &dyn StateStore, network_id: &str) -> Result<()> {
-    store.delete(&key(network_id), Expect::Any).map(|_| ())
+    for (k, _) in store.list(&Key::new(["firewall", "verified", network_id]))? {
+        store.delete(&k, Expect::Any)?;
+    }
+    Ok(())
 }
