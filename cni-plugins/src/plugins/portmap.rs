@@ -163,6 +163,17 @@ impl Plugin for PortmapPlugin {
             let _ = ctx.store.delete(&key, Expect::Any);
             return Err(e.into());
         }
+        if engine_owned {
+            // Best effort: without the stamp the next ADD only reads the ruleset back.
+            if let Err(e) = engine_core::firewall::verified::record(
+                ctx.store.as_ref(),
+                fw.as_ref(),
+                None,
+                &network.network_id,
+            ) {
+                tracing::debug!(error = %e, "could not record the verified firewall generation");
+            }
+        }
         Ok(prev)
     }
 

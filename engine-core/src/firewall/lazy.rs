@@ -124,4 +124,12 @@ impl Firewaller for LazyFirewall {
     fn generation(&self) -> Result<Option<u64>> {
         self.get()?.generation()
     }
+
+    fn verified_generation(&self, network_id: &str) -> Result<Option<u64>> {
+        match self.opened.get() {
+            Some(fw) => fw.verified_generation(network_id),
+            // Never opened: it has seen nothing.
+            None => Ok(None),
+        }
+    }
 }

@@ -127,6 +127,15 @@ pub trait Firewaller: Send + Sync {
     fn generation(&self) -> Result<Option<u64>> {
         Ok(None)
     }
+
+    /// The generation at which this instance last saw `network_id`'s rules in place, right
+    /// after a transaction of its own that added an endpoint's entries: what
+    /// [`verified::record`] stores so that the next port-less attach reads nothing back.
+    /// `None` when it knows none (or has no generations).
+    fn verified_generation(&self, network_id: &str) -> Result<Option<u64>> {
+        let _ = network_id;
+        Ok(None)
+    }
 }
 
 pub use self::iptables::IptablesFirewall;

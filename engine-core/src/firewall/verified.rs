@@ -39,10 +39,14 @@ fn key(network_id: &str, s: &Stamp) -> Key {
 }
 
 fn stamp(fw: &dyn Firewaller, netns: Option<&Path>) -> Result<Option<Stamp>> {
-    let Some(generation) = fw.generation()? else {
+    match fw.generation()? {
+        Some(generation) => stamp_at(generation, netns).map(Some),
         // iptables has no generation: always check.
-        return Ok(None);
-    };
+        None => Ok(None),
+    }
+}
+
+fn stamp_at(generation: u64, netns: Option<&Path>) -> Result<Stamp> {
     let ns = match netns {
         Some(p) => Netns::open(p)?,
         None => Netns::current()?,
@@ -50,11 +54,11 @@ fn stamp(fw: &dyn Firewaller, netns: Option<&Path>) -> Result<Option<Stamp>> {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    Ok(Some(Stamp {
+    Ok(Stamp {
         boot_id,
         netns_inode: ns.inode()?,
         generation,
-    }))
+    })
 }
 
 /// For an endpoint without published ports: makes sure the network's rules are in place
@@ -80,6 +84,22 @@ pub fn ensure_network(
     fw.add_endpoint(rules, portless)?;
     if let Some(now) = stamp(fw, netns)? {
         store.put_json(&key(&rules.network_id, &now), &now, Expect::Any)?;
+    }
+    Ok(())
+}
+
+/// After publishing an endpoint's ports (CNI portmap): stores the generation at which the
+/// firewall saw the network's rules in place, if it knows one, so that the next plain ADD on
+/// the network (the next container's main plugin) reads nothing back.
+pub fn record(
+    store: &dyn StateStore,
+    fw: &dyn Firewaller,
+    netns: Option<&Path>,
+    network_id: &str,
+) -> Result<()> {
+    if let Some(g) = fw.verified_generation(network_id)? {
+        let now = stamp_at(g, netns)?;
+        store.put_json(&key(network_id, &now), &now, Expect::Any)?;
     }
     Ok(())
 }

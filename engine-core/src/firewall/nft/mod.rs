@@ -41,6 +41,11 @@ struct State {
     /// Whether this instance already ran an operation: a long-lived one (the daemon) reads the
     /// maps whole once and keeps them; a fresh one (one CNI call) uses lookups.
     used: bool,
+    /// The generation the ruleset had right after this instance's last transaction, which
+    /// contained only that transaction's own changes.
+    committed_at: Option<u32>,
+    /// Networks whose rules `add_endpoint` found in place, with the generation right after.
+    verified: Vec<(String, u32)>,
 }
 
 /// How [`NftFirewall::transact`] ends.
@@ -724,6 +729,8 @@ impl NftFirewall {
                 sock,
                 cache: None,
                 used: false,
+                committed_at: None,
+                verified: Vec::new(),
             }),
         })
     }
@@ -860,11 +867,13 @@ impl NftFirewall {
                     let Plan {
                         drifts, changes, ..
                     } = p;
+                    // A committed transaction advances the generation by exactly one; an
+                    // empty batch sends nothing.
+                    let after = if n == 0 { genid } else { genid.wrapping_add(1) };
+                    st.committed_at = Some(after);
                     if mode == Mode::ApplyCached && snap.complete {
                         let mut view = snap;
-                        // A committed transaction advances the generation by exactly one; an
-                        // empty batch sends nothing.
-                        view.apply(changes, if n == 0 { genid } else { genid.wrapping_add(1) });
+                        view.apply(changes, after);
                         st.cache = Some(view);
                     }
                     return Ok(drifts);
@@ -1039,8 +1048,25 @@ impl Firewaller for NftFirewall {
             })?;
             Ok(missing)
         })?;
+        // The transaction found the network's rules in place and added only the endpoint's
+        // entries, so they are still in place at the generation it left behind.
+        let mut st = self.lock()?;
+        if let Some(g) = st.committed_at {
+            st.verified.retain(|(n, _)| n != &net.network_id);
+            st.verified.push((net.network_id.clone(), g));
+        }
+        drop(st);
         debug!(endpoint = %ep.owner, network = %net.network_id, ports = ep.ports.len(), "endpoint firewall entries in place");
         Ok(())
+    }
+
+    fn verified_generation(&self, network_id: &str) -> Result<Option<u64>> {
+        Ok(self
+            .lock()?
+            .verified
+            .iter()
+            .find(|(n, _)| n == network_id)
+            .map(|(_, g)| u64::from(*g)))
     }
 
     fn del_endpoint(&self, net: &NetworkRules, ep: &EndpointRules) -> Result<()> {
