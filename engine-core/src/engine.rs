@@ -138,6 +138,9 @@ pub struct Engine {
     sandboxes: Arc<dyn SandboxConfigurator>,
     /// The namespace treated as the host (tests: a fake host); None = our own.
     host_netns: Option<PathBuf>,
+    /// Whether an endpoint's firewall entries are only ever its record's ports (see
+    /// [`Engine::with_ports_only_in_records`]).
+    ports_only_in_records: bool,
 }
 
 fn network_key(id: &str) -> Key {
@@ -172,7 +175,18 @@ impl Engine {
             firewall,
             sandboxes,
             host_netns,
+            ports_only_in_records: false,
         }
+    }
+
+    /// Declares that every firewall entry of an endpoint comes from the ports in its record
+    /// (true of the CNI plugins, where the chained portmap keeps and removes its own), so a
+    /// detach of an endpoint recorded without ports need not open the firewall at all. Off by
+    /// default: netloomd publishes ports after the attach, outside the endpoint's record, and
+    /// relies on the detach to remove them.
+    pub fn with_ports_only_in_records(mut self, yes: bool) -> Self {
+        self.ports_only_in_records = yes;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn StateStore> {
@@ -595,10 +609,12 @@ impl Engine {
             options: Default::default(),
         });
         let mut errors = Vec::new();
-        // An endpoint's firewall entries are its published ports. A stored endpoint without
-        // any has nothing to remove, and not asking saves a CNI DEL opening the firewall at
-        // all (see `LazyFirewall`). An endpoint we have no record of is cleaned up by its tag.
-        let may_have_entries = stored.as_ref().is_none_or(|e| !e.ports.is_empty());
+        // Where an endpoint's firewall entries are only its recorded ports, a stored endpoint
+        // without any has nothing to remove, and not asking saves a CNI DEL opening the
+        // firewall at all (see `LazyFirewall`). An endpoint we have no record of is cleaned
+        // up by its tag.
+        let may_have_entries =
+            !self.ports_only_in_records || stored.as_ref().is_none_or(|e| !e.ports.is_empty());
         if let (Some(fw), Some(rules), true) =
             (&self.firewall, network_rules(&net), may_have_entries)
         {

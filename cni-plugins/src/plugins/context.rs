@@ -101,7 +101,9 @@ impl Context {
             firewall.clone(),
             Arc::new(NetlinkSandboxes),
             needs.host_netns,
-        );
+        )
+        // netloom-portmap keeps its own record and removes its own entries.
+        .with_ports_only_in_records(true);
         Ok(Context {
             store,
             ipam,
