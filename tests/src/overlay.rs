@@ -355,6 +355,21 @@ pub fn add(host: &mut Host, conf: &Value, id: &str) -> Result<(Ctr, Duration), S
     }
 }
 
+/// One container `c<i>` on each host of the lab on overlay `net`, and the first reaching the
+/// last: the starting point of the host-loss and purge scenarios.
+pub fn container_per_host(lab: &mut Lab, net: &str, subnet: &str) -> Result<Vec<Ctr>, String> {
+    let mut ctrs = Vec::new();
+    for i in 0..lab.hosts.len() {
+        let c = conf(lab, &lab.hosts[i], net, subnet, json!({}));
+        let (ctr, _) = add(&mut lab.hosts[i], &c, &format!("c{i}"))?;
+        ctrs.push(ctr);
+    }
+    if let (Some(first), Some(last)) = (ctrs.first(), ctrs.last()) {
+        ping_until(&first.netns, &last.ip, Duration::from_secs(10))?;
+    }
+    Ok(ctrs)
+}
+
 pub fn ctr_from(v: &Value, netns: PathBuf) -> Result<Ctr, String> {
     let ip = v["ips"][0]["address"]
         .as_str()

@@ -223,13 +223,7 @@ fn host_loss() -> Result<(), String> {
     let mut lab = Lab::new(3, V4)?;
     let net = names::unique("ovn");
     let subnet = overlay_subnet();
-    let mut ctrs = Vec::new();
-    for i in 0..3 {
-        let c = conf(&lab, &lab.hosts[i], &net, &subnet, json!({}));
-        let (ctr, _) = add(&mut lab.hosts[i], &c, &format!("c{i}"))?;
-        ctrs.push(ctr);
-    }
-    ping_until(&ctrs[0].netns, &ctrs[2].ip, Duration::from_secs(10))?;
+    let ctrs = container_per_host(&mut lab, &net, &subnet)?;
     let want = format!("{} dst {}", ctrs[2].mac, lab.hosts[2].vtep);
     if !fdb(&lab.hosts[0], &net)?.contains(&want) {
         return Err("host 0 has no entry for host 2's container".into());
@@ -295,13 +289,7 @@ fn dead_host_purge() -> Result<(), String> {
     let mut lab = Lab::with_agent_args(3, V4, &["--purge-hosts-after", "2"])?;
     let net = names::unique("ovp");
     let subnet = overlay_subnet();
-    let mut ctrs = Vec::new();
-    for i in 0..3 {
-        let c = conf(&lab, &lab.hosts[i], &net, &subnet, json!({}));
-        let (ctr, _) = add(&mut lab.hosts[i], &c, &format!("c{i}"))?;
-        ctrs.push(ctr);
-    }
-    ping_until(&ctrs[0].netns, &ctrs[2].ip, Duration::from_secs(10))?;
+    let ctrs = container_per_host(&mut lab, &net, &subnet)?;
     let eps = format!("overlay/endpoints/{net}");
     let leases = format!("ipam/leases/cni:overlay:{net}:0");
     let vteps: Vec<String> = lab.hosts.iter().map(|h| format!("/{}/", h.vtep)).collect();
@@ -409,13 +397,7 @@ fn purge_command() -> Result<(), String> {
     let mut lab = Lab::with_agent_args(2, V4, &["--purge-hosts-after", "0"])?;
     let net = names::unique("ovq");
     let subnet = overlay_subnet();
-    let mut ctrs = Vec::new();
-    for i in 0..2 {
-        let c = conf(&lab, &lab.hosts[i], &net, &subnet, json!({}));
-        let (ctr, _) = add(&mut lab.hosts[i], &c, &format!("c{i}"))?;
-        ctrs.push(ctr);
-    }
-    ping_until(&ctrs[0].netns, &ctrs[1].ip, Duration::from_secs(10))?;
+    let ctrs = container_per_host(&mut lab, &net, &subnet)?;
     let eps = format!("overlay/endpoints/{net}");
     let leases = format!("ipam/leases/cni:overlay:{net}:0");
     let vtep1 = lab.hosts[1].vtep;
