@@ -166,6 +166,13 @@ pub struct Host {
     pub vtep: IpAddr,
 }
 
+impl Host {
+    /// The end of the host's agent log (empty without an agent), for failure messages.
+    pub fn agent_log_tail(&self) -> String {
+        self.agent.as_ref().map(Agent::log_tail).unwrap_or_default()
+    }
+}
+
 /// The lab: underlay bridge, etcd, hosts.
 pub struct Lab {
     // Drop order: hosts (their agents revoke their records in etcd), then etcd, then the lab.
@@ -348,7 +355,7 @@ pub fn add(host: &mut Host, conf: &Value, id: &str) -> Result<(Ctr, Duration), S
             continue;
         }
         let v = out.ok().map_err(|e| {
-            let tail = host.agent.as_ref().map(Agent::log_tail).unwrap_or_default();
+            let tail = host.agent_log_tail();
             format!("{e}\nagent log:\n{tail}")
         })?;
         return Ok((ctr_from(&v, netns)?, took));

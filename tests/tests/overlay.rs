@@ -265,11 +265,7 @@ fn host_loss() -> Result<(), String> {
     .map_err(|e| {
         format!(
             "host 2's entries stayed after its lease: {e}\nhost 0 agent:\n{}",
-            lab.hosts[0]
-                .agent
-                .as_ref()
-                .map(Agent::log_tail)
-                .unwrap_or_default()
+            lab.hosts[0].agent_log_tail()
         )
     })?;
     eprintln!(
@@ -328,11 +324,7 @@ fn dead_host_purge() -> Result<(), String> {
     .map_err(|e| {
         format!(
             "host 2's records were not purged: {e}\nhost 0 agent:\n{}",
-            lab.hosts[0]
-                .agent
-                .as_ref()
-                .map(Agent::log_tail)
-                .unwrap_or_default()
+            lab.hosts[0].agent_log_tail()
         )
     })?;
     eprintln!(
