@@ -1012,6 +1012,9 @@ impl Firewaller for NftFirewall {
                 Ok(())
             },
         )?;
+        // A long-lived instance (netloomd) must not keep vouching for a network that is gone,
+        // nor for a later one of the same name.
+        self.lock()?.verified.retain(|(n, _)| n != network_id);
         info!(network = %network_id, "nftables rules removed");
         Ok(())
     }
